@@ -1,0 +1,111 @@
+"""Per-caller query accounting: the ``QueryCounter`` protocol and its in-memory default.
+
+Every image answered by ``POST /predict`` is one query for its caller, per model. ``charge``
+checks the caller's budget and adds the images in one atomic step, so a batch that would cross
+the budget is refused whole and counts nothing. ``RedisCounter`` (``service.redis_counter``) is
+the multi-process source of truth; ``MemoryCounter`` is the embedded, single-process default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class CounterUnavailable(RuntimeError):
+    """The counter's backend cannot be reached; nothing was counted."""
+
+
+@dataclass(frozen=True)
+class Charge:
+    """The outcome of one ``charge``: whether it was allowed, and the caller's total after it."""
+
+    allowed: bool
+    used: int
+    budget: int | None
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.budget is None else max(self.budget - self.used, 0)
+
+
+class QueryCounter(Protocol):
+    """Where answered queries are counted. All methods may raise ``CounterUnavailable``."""
+
+    async def charge(self, caller: str, model: str, n: int, default_budget: int | None) -> Charge:
+        """Atomically: if ``used + n <= budget`` add ``n`` (per caller and per model)."""
+        ...
+
+    async def refund(self, caller: str, model: str, n: int) -> None:
+        """Take back ``n`` queries that were charged but not answered."""
+        ...
+
+    async def usage(self, caller: str) -> dict[str, int]:
+        """Per-model counts of one caller (no entry for models it never queried)."""
+        ...
+
+    async def callers(self) -> list[str]: ...
+
+    async def reset(self, caller: str) -> None: ...
+
+    async def get_budget(self, caller: str) -> int | None:
+        """The budget set through the admin API, if any."""
+        ...
+
+    async def set_budget(self, caller: str, budget: int | None) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryCounter:
+    """In-process counter with the ``QueryCounter`` interface. Single process only: with
+    several server workers each would count separately; use Redis there."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, dict[str, int]] = defaultdict(dict)
+        self._budgets: dict[str, int] = {}
+        self._lock = asyncio.Lock()
+
+    async def charge(self, caller: str, model: str, n: int, default_budget: int | None) -> Charge:
+        async with self._lock:
+            per_model = self._counts[caller]
+            used = sum(per_model.values())
+            budget = self._budgets.get(caller, default_budget)
+            if budget is not None and used + n > budget:
+                return Charge(False, used, budget)
+            per_model[model] = per_model.get(model, 0) + n
+            return Charge(True, used + n, budget)
+
+    async def refund(self, caller: str, model: str, n: int) -> None:
+        async with self._lock:
+            per_model = self._counts[caller]
+            per_model[model] = max(per_model.get(model, 0) - n, 0)
+
+    async def usage(self, caller: str) -> dict[str, int]:
+        return {m: c for m, c in self._counts.get(caller, {}).items() if c}
+
+    async def callers(self) -> list[str]:
+        return sorted(c for c, counts in self._counts.items() if any(counts.values()))
+
+    async def reset(self, caller: str) -> None:
+        async with self._lock:
+            self._counts.pop(caller, None)
+
+    async def get_budget(self, caller: str) -> int | None:
+        return self._budgets.get(caller)
+
+    async def set_budget(self, caller: str, budget: int | None) -> None:
+        if budget is None:
+            self._budgets.pop(caller, None)
+        else:
+            self._budgets[caller] = budget
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,47 @@
+"""``GET /models``: what is served, and behind which defense."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from service.api.deps import RuntimeDep
+
+router = APIRouter(tags=["models"])
+
+
+class ModelInfo(BaseModel):
+    name: str
+    architecture: str
+    input_shape: list[int]
+    num_classes: int
+    classes: list[str]
+    defense: dict[str, Any]
+    outputs: list[str]
+    default: bool
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+@router.get("/models", response_model=ModelList, summary="Served models and their defenses")
+async def list_models(runtime: RuntimeDep) -> ModelList:
+    pool = runtime.pool
+    return ModelList(
+        models=[
+            ModelInfo(
+                name=host.name,
+                architecture=host.spec.name,
+                input_shape=list(host.spec.input_shape),
+                num_classes=host.spec.num_classes,
+                classes=list(host.spec.classes),
+                defense=host.defense.describe(hide_params=host.settings.hide_defense_params),
+                outputs=list(host.output_modes),
+                default=host.name == pool.default,
+            )
+            for host in pool.hosts.values()
+        ]
+    )

@@ -1,0 +1,170 @@
+"""``POST /predict``: decode -> validate -> charge the caller -> defended forward -> encode."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+
+from service.accounting import CounterUnavailable
+from service.api.deps import CallerDep, Runtime, RuntimeDep
+from service.codec import (
+    JSON_TYPES,
+    NPY_TYPES,
+    RAW_TYPES,
+    DecodedRequest,
+    decode_json,
+    decode_npy,
+    decode_raw,
+    parse_output,
+    validate_images,
+)
+from service.errors import ApiError, error_responses
+from service.inference import ModelHost
+
+router = APIRouter(tags=["predict"])
+
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "model": {"type": "string"},
+                        "inputs": {
+                            "type": "array",
+                            "description": "images (N, C, H, W), float pixels in [0, 1]",
+                            "items": {"type": "array", "items": {"type": "array", "items": {
+                                "type": "array", "items": {"type": "number"}}}},
+                        },
+                        "output": {"type": "string", "enum": ["scores", "label"]},
+                    },
+                }
+            },
+            "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+PREDICT_RESPONSE = {
+    "type": "object",
+    "required": ["model", "labels"],
+    "properties": {
+        "model": {"type": "string"},
+        "labels": {"type": "array", "items": {"type": "integer"}},
+        "scores": {
+            "type": "array",
+            "description": "softmax probabilities, only in 'scores' mode",
+            "items": {"type": "array", "items": {"type": "number"}},
+        },
+    },
+}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` (also chunked)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "bad_content_length", "Content-Length must be an integer")
+        if int(declared) > limit:
+            raise ApiError(413, "body_too_large", f"body exceeds {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def decode(
+    request: Request, runtime: Runtime, model: str | None, output: str | None, shape: str | None
+) -> DecodedRequest:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in (*JSON_TYPES, *NPY_TYPES, *RAW_TYPES):
+        raise ApiError(415, "unsupported_media_type",
+                       "send application/json, application/x-npy or application/octet-stream")
+    body = await read_body(request, runtime.settings.max_body_bytes)
+    if content_type in JSON_TYPES:
+        decoded = decode_json(body)
+        if model is not None and decoded.model is None:
+            decoded = DecodedRequest(decoded.images, model, decoded.output)
+        if output is not None:
+            decoded = DecodedRequest(decoded.images, decoded.model, parse_output(output))
+        return decoded
+    images = decode_npy(body) if content_type in NPY_TYPES else decode_raw(body, shape)
+    return DecodedRequest(images, model, parse_output(output))
+
+
+def resolve_host(runtime: Runtime, name: str | None) -> ModelHost:
+    name = name or runtime.pool.default
+    host = runtime.pool.hosts.get(name)
+    if host is None:
+        raise ApiError(404, "unknown_model",
+                       f"unknown model {name!r}; served: {', '.join(runtime.pool.hosts)}")
+    return host
+
+
+@router.post(
+    "/predict",
+    summary="Classify a batch of [0, 1] images behind the model's defense",
+    openapi_extra=PREDICT_BODY,
+    responses={
+        200: {"content": {"application/json": {"schema": PREDICT_RESPONSE}}},
+        **error_responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
+    },
+)
+async def predict(
+    request: Request,
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    model: Annotated[str | None, Query(description="model name (binary bodies)")] = None,
+    output: Annotated[str | None, Query(description="scores | label")] = None,
+    shape: Annotated[str | None, Query(description="N,C,H,W of a raw float32 body")] = None,
+    x_shape: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> JSONResponse:
+    decoded = await decode(request, runtime, model, output, shape or x_shape)
+    host = resolve_host(runtime, decoded.model)
+    if decoded.output == "scores" and "scores" not in host.output_modes:
+        raise ApiError(403, "label_only", f"model {host.name!r} answers labels only; "
+                       "ask for output=label")
+    images = validate_images(decoded.images, host.spec.input_shape, runtime.settings.max_batch)
+    n = len(images)
+
+    settings = runtime.settings
+    budget = settings.budgets.get(caller.split(":", 1)[1], settings.default_budget)
+    retry = {"Retry-After": str(settings.retry_after_s)}
+    counted = True
+    try:
+        charge = await runtime.counter.charge(caller, host.name, n, budget)
+    except CounterUnavailable:
+        if not settings.fail_open:
+            raise ApiError(503, "counter_unavailable",
+                           "query accounting is unavailable; try again later", retry) from None
+        counted = False
+        charge = None
+    if charge is not None and not charge.allowed:
+        raise ApiError(429, "budget_exhausted",
+                       f"query budget of {charge.budget} images is spent ({charge.used} used); "
+                       f"this batch of {n} was refused", retry)
+    try:
+        probs = await runtime.pool.predict(host, images)
+    except BaseException:
+        if counted:
+            await runtime.counter.refund(caller, host.name, n)
+        raise
+    body: dict[str, Any] = {"model": host.name, "labels": probs.argmax(1).tolist()}
+    if decoded.output == "scores":
+        body["scores"] = probs.tolist()
+    headers = {}
+    if charge is not None:
+        headers["X-Queries-Used"] = str(charge.used)
+        if charge.remaining is not None:
+            headers["X-Queries-Remaining"] = str(charge.remaining)
+    return JSONResponse(body, headers=headers)

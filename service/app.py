@@ -1,0 +1,56 @@
+"""``create_app(settings)``: routers, error handlers, and a lifespan that loads the models."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.accounting import MemoryCounter, QueryCounter
+from service.api.deps import Runtime
+from service.api.routes import health, models, predict
+from service.config import Settings
+from service.errors import install_error_handlers
+from service.inference import ModelPool
+
+log = logging.getLogger(__name__)
+
+
+def build_counter(settings: Settings) -> QueryCounter:
+    if settings.redis_url:
+        from service.redis_counter import RedisCounter
+
+        return RedisCounter(settings.redis_url)
+    log.info("no redis_url: counting in memory (single process only)")
+    return MemoryCounter()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = ModelPool.from_settings(settings)
+        counter = build_counter(settings)
+        app.state.runtime = Runtime(settings, pool, counter)
+        try:
+            yield
+        finally:
+            app.state.runtime = None
+            await counter.close()
+            pool.close()
+
+    app = FastAPI(
+        title="SND gateway",
+        version=__version__,
+        summary="Image classifiers behind Small Noise Defense, with per-caller query accounting",
+        lifespan=lifespan,
+    )
+    app.state.runtime = None
+    install_error_handlers(app)
+    for router in (predict.router, models.router, health.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,155 @@
+"""Request decoding and validation of image batches; no per-element Python work on binary paths.
+
+Encodings of ``POST /predict``:
+
+* ``application/json``: ``{"model": str?, "inputs": [[[[float]]]], "output": "scores"|"label"}``;
+* ``application/x-npy``: a ``.npy`` float32 array ``(N, C, H, W)``; ``model``/``output`` in the
+  query string;
+* ``application/octet-stream``: raw little-endian float32, shape ``N,C,H,W`` in the ``shape``
+  query parameter or the ``X-Shape`` header.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from service.errors import ApiError
+
+OutputMode = Literal["scores", "label"]
+OUTPUT_MODES: tuple[OutputMode, ...] = ("scores", "label")
+JSON_TYPES = ("application/json",)
+NPY_TYPES = ("application/x-npy", "application/npy")
+RAW_TYPES = ("application/octet-stream",)
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    """A predict request after decoding, before the model's own checks."""
+
+    images: np.ndarray
+    model: str | None
+    output: OutputMode
+
+
+def bad_request(message: str, code: str = "malformed_body") -> ApiError:
+    return ApiError(400, code, message)
+
+
+def invalid(message: str, code: str = "invalid_input") -> ApiError:
+    return ApiError(422, code, message)
+
+
+def parse_output(value: Any) -> OutputMode:
+    if value is None:
+        return "scores"
+    if value not in OUTPUT_MODES:
+        raise invalid(f"output must be one of {', '.join(OUTPUT_MODES)}", "unknown_output")
+    return value  # type: ignore[no-any-return]
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        raise bad_request(f"shape must be comma-separated integers, got {text!r}",
+                          "bad_shape") from None
+    if any(d < 0 for d in shape) or len(shape) > 8:
+        raise bad_request(f"shape {text!r} is not a valid array shape", "bad_shape")
+    return shape
+
+
+def _reject_constant(token: str) -> float:
+    raise ValueError(f"{token} is not a valid pixel value")
+
+
+def decode_json(body: bytes) -> DecodedRequest:
+    try:
+        payload = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        message = str(exc) if "pixel value" in str(exc) else "body is not valid JSON"
+        code = "non_finite" if "pixel value" in str(exc) else "malformed_json"
+        raise (invalid(message, code) if code == "non_finite" else bad_request(message, code)) from None
+    if not isinstance(payload, dict):
+        raise invalid("JSON body must be an object with an 'inputs' field", "invalid_request")
+    unknown = set(payload) - {"model", "inputs", "output"}
+    if unknown:
+        raise invalid(f"unknown fields: {', '.join(sorted(unknown))}", "invalid_request")
+    model = payload.get("model")
+    if model is not None and not isinstance(model, str):
+        raise invalid("model must be a string", "invalid_request")
+    if "inputs" not in payload:
+        raise invalid("missing field 'inputs'", "invalid_request")
+    inputs = payload["inputs"]
+    if not isinstance(inputs, list):
+        raise invalid("inputs must be a nested list (N, C, H, W)", "invalid_request")
+    try:
+        images = np.array(inputs, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise invalid("inputs must be a rectangular nested list of numbers", "bad_array") from None
+    if images.dtype != np.float32 or _has_bools(inputs):
+        raise invalid("inputs must be numbers", "bad_array")
+    return DecodedRequest(images, model, parse_output(payload.get("output")))
+
+
+def _has_bools(value: Any) -> bool:
+    """True if a (shallowly probed) nested list holds booleans, which numpy would accept."""
+    while isinstance(value, list) and value:
+        value = value[0]
+    return isinstance(value, bool)
+
+
+def decode_npy(body: bytes) -> np.ndarray:
+    try:
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+    except Exception:
+        raise bad_request("body is not a valid .npy array", "malformed_npy") from None
+    if not isinstance(array, np.ndarray):
+        raise bad_request("body is not a single .npy array", "malformed_npy")
+    if array.dtype.kind != "f" or array.dtype.itemsize != 4:
+        raise invalid(f"dtype must be float32, got {array.dtype}", "bad_dtype")
+    return array.astype(np.float32, copy=False)
+
+
+def decode_raw(body: bytes, shape_text: str | None) -> np.ndarray:
+    if not shape_text:
+        raise bad_request("raw float32 bodies need a shape (query 'shape' or header X-Shape)",
+                          "missing_shape")
+    shape = parse_shape(shape_text)
+    expected = math.prod(shape) * 4
+    if len(body) != expected:
+        raise bad_request(
+            f"body has {len(body)} bytes but shape {shape} needs {expected} (float32)",
+            "shape_mismatch",
+        )
+    return np.frombuffer(body, dtype="<f4").reshape(shape)
+
+
+def validate_images(
+    images: np.ndarray, input_shape: tuple[int, int, int], max_batch: int
+) -> np.ndarray:
+    """Check rank, size, shape, finiteness and range; return a C-contiguous float32 batch."""
+    if images.ndim != 4:
+        raise invalid(f"inputs must have rank 4 (N, C, H, W), got rank {images.ndim}",
+                      "bad_rank")
+    n = images.shape[0]
+    if n == 0:
+        raise invalid("empty batch", "empty_batch")
+    if n > max_batch:
+        raise ApiError(413, "batch_too_large", f"batch of {n} images exceeds the limit {max_batch}")
+    if tuple(images.shape[1:]) != tuple(input_shape):
+        raise invalid(
+            f"image shape {tuple(images.shape[1:])} does not match the model's {input_shape} "
+            "(C, H, W)",
+            "bad_shape",
+        )
+    if not np.isfinite(images).all():
+        raise invalid("inputs contain NaN or infinity", "non_finite")
+    if images.min() < 0.0 or images.max() > 1.0:
+        raise invalid("pixel values must lie in [0, 1]", "out_of_range")
+    return np.ascontiguousarray(images, dtype=np.float32)

@@ -1,0 +1,125 @@
+"""One pydantic-settings ``Settings`` for the service (environment prefix ``SND_``).
+
+A single model is configured with the flat fields (``SND_MODEL``, ``SND_DEFENSE``,
+``SND_SIGMA``, ...); several models with ``SND_MODELS`` as a JSON list of
+:class:`ModelSettings`. Nested fields use ``__`` (``SND_MODELS='[{"name": ...}]'``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DefenseSettings(BaseModel):
+    """The defense in front of one model."""
+
+    kind: Literal["none", "snd"] = "snd"
+    sigma: float = Field(0.01, ge=0.0, le=1.0, description="noise standard deviation (pixels)")
+    noise: Literal["gaussian", "uniform", "laplace"] = "gaussian"
+    distribution: Literal["fixed", "beta"] = Field(
+        "fixed", description="fixed σ, or σ scaled by k ~ Beta(α, β) per image (paper App. C)"
+    )
+    alpha: float = Field(1.0, gt=0.0)
+    beta: float = Field(1.0, gt=0.0)
+    clip: bool = Field(False, description="clip noisy images to [0, 1]")
+
+
+class ModelSettings(BaseModel):
+    """One served model: a zoo entry, its weights, its defense and its output policy."""
+
+    name: str = "resnet20-mnist"
+    zoo: str | None = Field(None, description="zoo entry to serve under `name` (default: name)")
+    weights: Path | None = Field(None, description="local weights file (default: packaged)")
+    defense: DefenseSettings = Field(default_factory=DefenseSettings)
+    label_only: bool = Field(False, description="never return scores (decision-based threat)")
+    hide_defense_params: bool = Field(False, description="GET /models shows the kind only")
+
+    @property
+    def zoo_name(self) -> str:
+        return self.zoo or self.name
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from flags and ``SND_*`` environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SND_", env_nested_delimiter="__", extra="ignore", protected_namespaces=()
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+    # single-model shortcut (used when `models` is empty)
+    model: str = "resnet20-mnist"
+    weights: Path | None = None
+    defense: Literal["none", "snd"] = "snd"
+    sigma: float = Field(0.01, ge=0.0, le=1.0)
+    noise: Literal["gaussian", "uniform", "laplace"] = "gaussian"
+    sigma_distribution: Literal["fixed", "beta"] = "fixed"
+    alpha: float = Field(1.0, gt=0.0)
+    beta: float = Field(1.0, gt=0.0)
+    clip: bool = False
+    label_only: bool = False
+    hide_defense_params: bool = False
+    models: list[ModelSettings] = Field(default_factory=list)
+
+    # inference
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = Field(0, ge=0, description="intra-op threads; 0 = all cores")
+    allow_download: bool = Field(False, description="let torchvision download missing weights")
+    max_batch: int = Field(256, ge=1, description="most images in one request")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+
+    # accounting and auth
+    redis_url: str | None = Field(None, description="redis://...; unset = in-memory counter")
+    api_keys: dict[str, str] = Field(
+        default_factory=dict, description="sha256(key) hex -> caller name; empty = open"
+    )
+    admin_token_sha256: str | None = None
+    budgets: dict[str, int] = Field(default_factory=dict, description="caller -> query budget")
+    default_budget: int | None = Field(None, ge=0)
+    fail_open: bool = Field(False, description="answer uncounted when the counter is down")
+    trusted_proxies: list[str] = Field(default_factory=list)
+    retry_after_s: int = Field(1, ge=1)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hashes_are_sha256(cls, value: dict[str, str]) -> dict[str, str]:
+        for digest in value:
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+                raise ValueError("api_keys must map sha256 hex digests to caller names")
+        return {digest.lower(): name for digest, name in value.items()}
+
+    @model_validator(mode="after")
+    def _fill_models(self) -> Settings:
+        if not self.models:
+            self.models = [
+                ModelSettings(
+                    name=self.model,
+                    weights=self.weights,
+                    defense=DefenseSettings(
+                        kind=self.defense,
+                        sigma=self.sigma,
+                        noise=self.noise,
+                        distribution=self.sigma_distribution,
+                        alpha=self.alpha,
+                        beta=self.beta,
+                        clip=self.clip,
+                    ),
+                    label_only=self.label_only,
+                    hide_defense_params=self.hide_defense_params,
+                )
+            ]
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("model names must be unique")
+        return self
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0].name

@@ -1,0 +1,32 @@
+"""Defenses in front of a model, chosen per model in the settings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from service.defenses.base import Defense, NoDefense
+from service.defenses.snd import SmallNoiseDefense
+
+if TYPE_CHECKING:
+    from service.config import DefenseSettings
+
+DEFENSE_KINDS = ("none", "snd")
+
+
+def build_defense(settings: DefenseSettings) -> Defense:
+    """The defense a model's settings ask for."""
+    if settings.kind == "none":
+        return NoDefense()
+    if settings.kind == "snd":
+        return SmallNoiseDefense(
+            settings.sigma,
+            noise=settings.noise,
+            distribution=settings.distribution,
+            alpha=settings.alpha,
+            beta=settings.beta,
+            clip=settings.clip,
+        )
+    raise ValueError(f"unknown defense kind {settings.kind!r}")
+
+
+__all__ = ["DEFENSE_KINDS", "Defense", "NoDefense", "SmallNoiseDefense", "build_defense"]

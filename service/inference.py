@@ -1,0 +1,88 @@
+"""Model hosts: setup (load weights, place on device), predict (defense + forward), off-loop.
+
+Forward passes run on one dedicated inference thread under ``torch.inference_mode``, so the
+event loop never blocks and CPU cores are not oversubscribed by concurrent passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.config import ModelSettings, Settings
+from service.defenses import Defense, build_defense
+from service.models import ModelSpec, get_spec
+
+log = logging.getLogger(__name__)
+
+
+def select_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device=cuda but CUDA is not available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@dataclass
+class ModelHost:
+    """One served model: its zoo spec, the network on its device, and the defense in front."""
+
+    name: str
+    spec: ModelSpec
+    settings: ModelSettings
+    network: nn.Module
+    defense: Defense
+    device: torch.device
+
+    @classmethod
+    def load(cls, settings: ModelSettings, device: torch.device, allow_download: bool) -> ModelHost:
+        spec = get_spec(settings.zoo_name)
+        network = spec.build(settings.weights, allow_download=allow_download).to(device)
+        log.info("loaded %s (%s) on %s behind %s", settings.name, spec.name, device,
+                 settings.defense.kind)
+        return cls(settings.name, spec, settings, network, build_defense(settings.defense), device)
+
+    @property
+    def output_modes(self) -> tuple[str, ...]:
+        return ("label",) if self.settings.label_only else ("scores", "label")
+
+    def forward(self, images: np.ndarray) -> np.ndarray:
+        """Softmax probabilities ``(N, classes)`` of the defended model for [0, 1] images."""
+        with torch.inference_mode():
+            x = torch.from_numpy(images).to(self.device, non_blocking=True)
+            logits = self.network(self.defense(x))
+            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+@dataclass
+class ModelPool:
+    """All hosts of one server, and the single inference thread they share."""
+
+    hosts: dict[str, ModelHost]
+    default: str
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+    )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelPool:
+        threads = settings.torch_threads or os.cpu_count() or 1
+        torch.set_num_threads(threads)
+        device = select_device(settings.device)
+        hosts = {m.name: ModelHost.load(m, device, settings.allow_download) for m in settings.models}
+        return cls(hosts, settings.default_model)
+
+    async def predict(self, host: ModelHost, images: np.ndarray) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, host.forward, images)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)

