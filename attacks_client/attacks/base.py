@@ -3,7 +3,8 @@ and packaging; each attack module implements only ``run``.
 
 Inside ``run`` an attack sees an :class:`AttackOracle`, which
 
-* counts every image it sends (start-up searches and success checks included) and raises
+* counts every image it sends (start-up searches and success checks included; ``query_cost``
+  real queries per image behind an adaptive ``RepeatOracle``) and raises
   :class:`~attacks_client.oracle.BudgetExhausted` when a batch would cross the budget;
 * records the L2 distance to ``x0`` of every query image (the paper's ||x0 - x_q||, Table 3);
 * keeps the attack's current adversarial candidate, reported with :meth:`AttackOracle.report`,
@@ -98,6 +99,7 @@ class AttackOracle:
         self.updates: list[Update] = []
         self._l2: list[np.ndarray] = []
         self._progress = progress
+        self.query_cost: int = int(getattr(oracle, "query_cost", 1))
 
     @property
     def remaining(self) -> int:
@@ -119,11 +121,13 @@ class AttackOracle:
         x = np.asarray(x, dtype=np.float32)
         if x.ndim == 3:
             x = x[None]
-        if len(x) > self.remaining:
-            raise BudgetExhausted(f"{len(x)} queries asked, {self.remaining} left")
-        self.queries += len(x)
+        cost = len(x) * self.query_cost
+        if cost > self.remaining:
+            raise BudgetExhausted(f"{cost} queries asked, {self.remaining} left")
+        self.queries += cost
         diff = (x - self.x0[None]).reshape(len(x), -1)
-        self._l2.append(np.linalg.norm(diff, axis=1).astype(np.float32))
+        l2 = np.linalg.norm(diff, axis=1).astype(np.float32)
+        self._l2.append(np.repeat(l2, self.query_cost) if self.query_cost > 1 else l2)
         return x
 
     def _after(self) -> None:
