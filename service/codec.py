@@ -34,7 +34,7 @@ class DecodedRequest:
 
     images: np.ndarray
     model: str | None
-    output: OutputMode
+    output: OutputMode | None
 
 
 def bad_request(message: str, code: str = "malformed_body") -> ApiError:
@@ -45,9 +45,10 @@ def invalid(message: str, code: str = "invalid_input") -> ApiError:
     return ApiError(422, code, message)
 
 
-def parse_output(value: Any) -> OutputMode:
+def parse_output(value: Any) -> OutputMode | None:
+    """The requested output mode; None means the model's default (scores unless label-only)."""
     if value is None:
-        return "scores"
+        return None
     if value not in OUTPUT_MODES:
         raise invalid(f"output must be one of {', '.join(OUTPUT_MODES)}", "unknown_output")
     return value  # type: ignore[no-any-return]
@@ -74,7 +75,8 @@ def decode_json(body: bytes) -> DecodedRequest:
     except (ValueError, UnicodeDecodeError) as exc:
         message = str(exc) if "pixel value" in str(exc) else "body is not valid JSON"
         code = "non_finite" if "pixel value" in str(exc) else "malformed_json"
-        raise (invalid(message, code) if code == "non_finite" else bad_request(message, code)) from None
+        error = invalid(message, code) if code == "non_finite" else bad_request(message, code)
+        raise error from None
     if not isinstance(payload, dict):
         raise invalid("JSON body must be an object with an 'inputs' field", "invalid_request")
     unknown = set(payload) - {"model", "inputs", "output"}

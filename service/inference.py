@@ -77,7 +77,9 @@ class ModelPool:
         threads = settings.torch_threads or os.cpu_count() or 1
         torch.set_num_threads(threads)
         device = select_device(settings.device)
-        hosts = {m.name: ModelHost.load(m, device, settings.allow_download) for m in settings.models}
+        hosts = {
+            m.name: ModelHost.load(m, device, settings.allow_download) for m in settings.models
+        }
         return cls(hosts, settings.default_model)
 
     async def predict(self, host: ModelHost, images: np.ndarray) -> np.ndarray:

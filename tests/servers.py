@@ -124,7 +124,7 @@ class RedisProcess:
     def start(self) -> RedisProcess:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not installed (the README's test set-up installs it)")
+            raise RuntimeError("redis-server is missing (the README's test set-up installs it)")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
              "--save", "", "--appendonly", "no"],

@@ -39,7 +39,10 @@ class SmallNoiseDefense:
         alpha: float = 1.0,
         beta: float = 1.0,
         clip: bool = False,
+        seed: int | None = None,
     ) -> None:
+        """``seed`` is for offline experiments only (clean-accuracy repeats); the service never
+        sets it, so its generators are seeded from OS entropy."""
         if sigma < 0 or not math.isfinite(sigma):
             raise ValueError("sigma must be a finite number >= 0")
         if distribution == "beta" and (alpha <= 0 or beta <= 0):
@@ -52,13 +55,14 @@ class SmallNoiseDefense:
         self.clip = clip
         self._lock = threading.Lock()
         self._generators: dict[torch.device, torch.Generator] = {}
-        self._scale_rng = np.random.default_rng(secrets.randbits(128))
+        self._seed = seed
+        self._scale_rng = np.random.default_rng(secrets.randbits(128) if seed is None else seed)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         gen = self._generators.get(device)
         if gen is None:
             gen = torch.Generator(device=device)
-            gen.manual_seed(secrets.randbits(63))
+            gen.manual_seed(secrets.randbits(63) if self._seed is None else self._seed)
             self._generators[device] = gen
         return gen
 

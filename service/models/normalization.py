@@ -11,6 +11,10 @@ from torch import nn
 class Normalized(nn.Module):
     """``net((x - mean) / std)`` with per-channel mean and std kept as buffers."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+    net: nn.Module
+
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.net = net

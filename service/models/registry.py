@@ -65,7 +65,7 @@ class ModelSpec:
 
 
 def load_state(net: nn.Module, path: Path) -> None:
-    """Load a checkpoint with ``weights_only=True``: a plain state dict or ``{"state_dict": ...}``."""
+    """Load a checkpoint with ``weights_only=True``: a state dict or ``{"state_dict": ...}``."""
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     try:
