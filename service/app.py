@@ -11,10 +11,11 @@ from fastapi import FastAPI
 from service import __version__
 from service.accounting import MemoryCounter, QueryCounter
 from service.api.deps import Runtime
-from service.api.routes import health, models, predict
+from service.api.routes import health, metrics, models, predict, usage
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.inference import ModelPool
+from service.metrics import install_metrics
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def build_counter(settings: Settings) -> QueryCounter:
     if settings.redis_url:
         from service.redis_counter import RedisCounter
 
-        return RedisCounter(settings.redis_url)
+        return RedisCounter(settings.redis_url, timeout=settings.redis_timeout_s)
     log.info("no redis_url: counting in memory (single process only)")
     return MemoryCounter()
 
@@ -35,6 +36,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = ModelPool.from_settings(settings)
         counter = build_counter(settings)
+        if not await counter.ping():
+            log.warning("query counter unreachable at start-up: %s until it is",
+                        "answering uncounted" if settings.fail_open else "refusing with 503")
         app.state.runtime = Runtime(settings, pool, counter)
         try:
             yield
@@ -51,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.runtime = None
     install_error_handlers(app)
-    for router in (predict.router, models.router, health.router):
+    install_metrics(app)
+    for router in (predict.router, models.router, usage.router, health.router, metrics.router):
         app.include_router(router)
     return app

@@ -77,11 +77,17 @@ class Settings(BaseSettings):
 
     # accounting and auth
     redis_url: str | None = Field(None, description="redis://...; unset = in-memory counter")
+    redis_timeout_s: float = Field(
+        0.5, gt=0.0, description="connect and operation timeout of Redis calls (seconds)"
+    )
     api_keys: dict[str, str] = Field(
         default_factory=dict, description="sha256(key) hex -> caller name; empty = open"
     )
     admin_token_sha256: str | None = None
-    budgets: dict[str, int] = Field(default_factory=dict, description="caller -> query budget")
+    budgets: dict[str, int] = Field(
+        default_factory=dict,
+        description="caller -> query budget; keys are caller ids (key:NAME, addr:IP) or bare names",
+    )
     default_budget: int | None = Field(None, ge=0)
     fail_open: bool = Field(False, description="answer uncounted when the counter is down")
     trusted_proxies: list[str] = Field(default_factory=list)
@@ -94,6 +100,13 @@ class Settings(BaseSettings):
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
                 raise ValueError("api_keys must map sha256 hex digests to caller names")
         return {digest.lower(): name for digest, name in value.items()}
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets_not_negative(cls, value: dict[str, int]) -> dict[str, int]:
+        if any(budget < 0 for budget in value.values()):
+            raise ValueError("budgets must be >= 0")
+        return value
 
     @model_validator(mode="after")
     def _fill_models(self) -> Settings:
@@ -123,3 +136,10 @@ class Settings(BaseSettings):
     @property
     def default_model(self) -> str:
         return self.models[0].name
+
+    def budget_for(self, caller: str) -> int | None:
+        """The configured budget of a caller id: by full id, then by bare name, then default."""
+        if caller in self.budgets:
+            return self.budgets[caller]
+        name = caller.split(":", 1)[-1]
+        return self.budgets.get(name, self.default_budget)

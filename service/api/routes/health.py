@@ -28,7 +28,8 @@ async def readyz(request: Request) -> JSONResponse:
         counter_ok = await runtime.counter.ping()
     except CounterUnavailable:
         counter_ok = False
-    ready = counter_ok
+    # fail-open servers answer (uncounted) without the counter, so they stay ready
+    ready = counter_ok or runtime.settings.fail_open
     return JSONResponse(
         {"ready": ready, "models": True, "counter": counter_ok},
         status_code=200 if ready else 503,

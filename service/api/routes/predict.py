@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 
-from service.accounting import CounterUnavailable
+from service.accounting import Charge, CounterUnavailable
 from service.api.deps import CallerDep, Runtime, RuntimeDep
 from service.codec import (
     JSON_TYPES,
@@ -22,6 +23,9 @@ from service.codec import (
 )
 from service.errors import ApiError, error_responses
 from service.inference import ModelHost
+from service.metrics import QUERIES_ANSWERED, QUERIES_UNCOUNTED
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["predict"])
 
@@ -102,6 +106,15 @@ async def decode(
     return DecodedRequest(images, model, parse_output(output))
 
 
+async def refund(runtime: Runtime, caller: str, model: str, n: int) -> None:
+    """Take back a charge whose images were not answered; a counter outage keeps the charge
+    (over-counting is the safe side) rather than turning the failure into another one."""
+    try:
+        await runtime.counter.refund(caller, model, n)
+    except CounterUnavailable:
+        log.warning("could not refund %d queries of %s: counter unavailable", n, caller)
+
+
 def resolve_host(runtime: Runtime, name: str | None) -> ModelHost:
     name = name or runtime.pool.default
     host = runtime.pool.hosts.get(name)
@@ -138,27 +151,31 @@ async def predict(
     n = len(images)
 
     settings = runtime.settings
-    budget = settings.budgets.get(caller.split(":", 1)[1], settings.default_budget)
     retry = {"Retry-After": str(settings.retry_after_s)}
-    counted = True
     try:
-        charge = await runtime.counter.charge(caller, host.name, n, budget)
+        charge: Charge | None = await runtime.counter.charge(
+            caller, host.name, n, settings.budget_for(caller))
     except CounterUnavailable:
         if not settings.fail_open:
             raise ApiError(503, "counter_unavailable",
                            "query accounting is unavailable; try again later", retry) from None
-        counted = False
+        log.warning("counter unavailable: answering %d images of %s uncounted (fail_open)",
+                    n, caller)
         charge = None
     if charge is not None and not charge.allowed:
         raise ApiError(429, "budget_exhausted",
-                       f"query budget of {charge.budget} images is spent ({charge.used} used); "
-                       f"this batch of {n} was refused", retry)
+                       f"query budget of {charge.budget} images is spent or too small for this "
+                       f"batch: {charge.used} used, this batch of {n} was refused and not "
+                       "counted", retry)
     try:
         probs = await runtime.pool.predict(host, images)
     except BaseException:
-        if counted:
-            await runtime.counter.refund(caller, host.name, n)
+        if charge is not None:
+            await refund(runtime, caller, host.name, n)
         raise
+    QUERIES_ANSWERED.labels(host.name, host.settings.defense.kind).inc(n)
+    if charge is None:
+        QUERIES_UNCOUNTED.labels(host.name).inc(n)
     body: dict[str, Any] = {"model": host.name, "labels": probs.argmax(1).tolist()}
     if decoded.output == "scores":
         body["scores"] = probs.tolist()

@@ -1,0 +1,177 @@
+"""``RedisCounter``: the multi-process ``QueryCounter``, with Redis as the source of truth.
+
+Keys (``prefix`` defaults to ``snd:``; one Redis instance, not a cluster):
+
+* ``{prefix}usage:{caller}`` hash ``model -> images answered``;
+* ``{prefix}budget:{caller}`` the budget set through the admin API (overrides the settings);
+* ``{prefix}callers`` the set of callers ever counted (until reset);
+* ``{prefix}charge:{token}`` the outcome of one ``charge``, kept a few seconds so that a retried
+  script (after a timeout whose reply was lost) is not counted twice.
+
+``charge`` is one Lua script: read the budget, sum the caller's counts, add ``n`` only if the sum
+stays within the budget. Every connection or timeout error becomes ``CounterUnavailable``; the
+connection pool reconnects by itself on the next call once Redis is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from service.accounting import Charge, CounterUnavailable
+
+log = logging.getLogger(__name__)
+
+# KEYS: usage hash, budget key, callers set, charge token
+# ARGV: caller, model, n, default budget ('' = none), token ttl seconds
+CHARGE_LUA = """
+local done = redis.call('GET', KEYS[4])
+if done then
+  local a, u, b = string.match(done, '^(%-?%d+),(%-?%d+),(%-?%d+)$')
+  return {tonumber(a), tonumber(u), tonumber(b)}
+end
+local budget = redis.call('GET', KEYS[2]) or ARGV[4]
+local used = 0
+for _, count in ipairs(redis.call('HVALS', KEYS[1])) do
+  used = used + tonumber(count)
+end
+local n = tonumber(ARGV[3])
+local allowed = 1
+if budget ~= '' and used + n > tonumber(budget) then
+  allowed = 0
+else
+  redis.call('HINCRBY', KEYS[1], ARGV[2], n)
+  redis.call('SADD', KEYS[3], ARGV[1])
+  used = used + n
+end
+local b = -1
+if budget ~= '' then b = tonumber(budget) end
+redis.call('SET', KEYS[4], allowed .. ',' .. used .. ',' .. b, 'EX', tonumber(ARGV[5]))
+return {allowed, used, b}
+"""
+
+# KEYS: usage hash; ARGV: model, n. Never takes a count below zero.
+REFUND_LUA = """
+local count = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local n = math.min(count, tonumber(ARGV[2]))
+if n > 0 then redis.call('HINCRBY', KEYS[1], ARGV[1], -n) end
+return n
+"""
+
+
+class RedisCounter:
+    """``QueryCounter`` on Redis (``redis.asyncio``), safe across processes and hosts.
+
+    ``timeout`` bounds connecting and every operation, so an outage turns into a quick
+    ``CounterUnavailable`` (and a 503) instead of a hanging request.
+    """
+
+    def __init__(
+        self, url: str, *, timeout: float = 0.5, prefix: str = "snd:", token_ttl_s: int = 30
+    ) -> None:
+        self.prefix = prefix
+        self.token_ttl_s = token_ttl_s
+        self._redis: redis.Redis = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            # one immediate retry on a fresh connection: pooled sockets die when Redis
+            # restarts; the charge token makes a retried script count once
+            retry=Retry(NoBackoff(), 1),
+            health_check_interval=0,
+        )
+        self._charge = self._redis.register_script(CHARGE_LUA)
+        self._refund = self._redis.register_script(REFUND_LUA)
+        self._up = True
+
+    def _usage_key(self, caller: str) -> str:
+        return f"{self.prefix}usage:{caller}"
+
+    def _budget_key(self, caller: str) -> str:
+        return f"{self.prefix}budget:{caller}"
+
+    @property
+    def _callers_key(self) -> str:
+        return f"{self.prefix}callers"
+
+    async def _call(self, operation: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one Redis operation; backend failures become ``CounterUnavailable``."""
+        try:
+            result = await operation()
+        except (RedisError, OSError) as exc:
+            if self._up:
+                log.warning("redis unavailable, failing accounting calls: %s", exc)
+                self._up = False
+            raise CounterUnavailable(str(exc)) from exc
+        if not self._up:
+            log.info("redis reachable again")
+            self._up = True
+        return result
+
+    async def charge(self, caller: str, model: str, n: int, default_budget: int | None) -> Charge:
+        return await self.charge_with_token(caller, model, n, default_budget, uuid.uuid4().hex)
+
+    async def charge_with_token(
+        self, caller: str, model: str, n: int, default_budget: int | None, token: str
+    ) -> Charge:
+        """``charge`` with an explicit idempotency token: the same token counts once."""
+        keys = [self._usage_key(caller), self._budget_key(caller), self._callers_key,
+                f"{self.prefix}charge:{token}"]
+        args: list[str | int] = [
+            caller, model, n, "" if default_budget is None else default_budget, self.token_ttl_s
+        ]
+        allowed, used, budget = await self._call(lambda: self._charge(keys=keys, args=args))
+        return Charge(bool(allowed), int(used), None if int(budget) < 0 else int(budget))
+
+    async def refund(self, caller: str, model: str, n: int) -> None:
+        await self._call(lambda: self._refund(keys=[self._usage_key(caller)], args=[model, n]))
+
+    async def usage(self, caller: str) -> dict[str, int]:
+        counts: dict[str, str] = await self._call(
+            lambda: self._redis.hgetall(self._usage_key(caller))
+        )
+        return {model: int(c) for model, c in sorted(counts.items()) if int(c)}
+
+    async def callers(self) -> list[str]:
+        members: set[str] = await self._call(lambda: self._redis.smembers(self._callers_key))
+        return sorted(members)
+
+    async def reset(self, caller: str) -> None:
+        async def run() -> Any:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self._usage_key(caller))
+                pipe.srem(self._callers_key, caller)
+                return await pipe.execute()
+
+        await self._call(run)
+
+    async def get_budget(self, caller: str) -> int | None:
+        value = await self._call(lambda: self._redis.get(self._budget_key(caller)))
+        return None if value is None else int(value)
+
+    async def set_budget(self, caller: str, budget: int | None) -> None:
+        key = self._budget_key(caller)
+        if budget is None:
+            await self._call(lambda: self._redis.delete(key))
+        else:
+            await self._call(lambda: self._redis.set(key, int(budget)))
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call(self._redis.ping))
+        except CounterUnavailable:
+            return False
+
+    async def close(self) -> None:
+        try:
+            await self._redis.aclose()
+        except (RedisError, OSError):
+            log.debug("closing the redis pool failed", exc_info=True)
