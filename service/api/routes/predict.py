@@ -144,7 +144,8 @@ async def predict(
 ) -> JSONResponse:
     decoded = await decode(request, runtime, model, output, shape or x_shape)
     host = resolve_host(runtime, decoded.model)
-    if decoded.output == "scores" and "scores" not in host.output_modes:
+    mode = decoded.output or host.output_modes[0]
+    if mode == "scores" and "scores" not in host.output_modes:
         raise ApiError(403, "label_only", f"model {host.name!r} answers labels only; "
                        "ask for output=label")
     images = validate_images(decoded.images, host.spec.input_shape, runtime.settings.max_batch)
@@ -177,7 +178,7 @@ async def predict(
     if charge is None:
         QUERIES_UNCOUNTED.labels(host.name).inc(n)
     body: dict[str, Any] = {"model": host.name, "labels": probs.argmax(1).tolist()}
-    if decoded.output == "scores":
+    if mode == "scores":
         body["scores"] = probs.tolist()
     headers = {}
     if charge is not None:
