@@ -1,0 +1,205 @@
+"""``RedisCounter`` against a real redis-server (and ``MemoryCounter`` for the shared contract)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+
+from service.accounting import CounterUnavailable, MemoryCounter, QueryCounter
+from service.redis_counter import RedisCounter
+from tests.servers import RedisProcess, free_port
+
+CounterFactory = Callable[[], QueryCounter]
+
+
+def run(body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(body())
+
+
+@pytest.fixture(params=["redis", "memory"])
+def make_counter(request: pytest.FixtureRequest) -> Iterator[CounterFactory]:
+    """A factory of counters that share one store (a fresh key prefix per test for Redis)."""
+    if request.param == "memory":
+        shared = MemoryCounter()
+        yield lambda: shared
+        return
+    url = request.getfixturevalue("redis_server").url
+    prefix = f"test-{uuid.uuid4().hex[:8]}:"
+    yield lambda: RedisCounter(url, prefix=prefix)
+
+
+def test_charge_usage_refund_reset(make_counter: CounterFactory) -> None:
+    async def body() -> None:
+        counter = make_counter()
+        first = await counter.charge("key:a", "m1", 3, None)
+        assert (first.allowed, first.used, first.budget, first.remaining) == (True, 3, None, None)
+        assert (await counter.charge("key:a", "m2", 2, None)).used == 5
+        await counter.charge("addr:10.0.0.1", "m1", 1, None)
+        assert await counter.usage("key:a") == {"m1": 3, "m2": 2}
+        assert await counter.usage("key:nobody") == {}
+        assert await counter.callers() == ["addr:10.0.0.1", "key:a"]
+
+        await counter.refund("key:a", "m2", 1)
+        assert await counter.usage("key:a") == {"m1": 3, "m2": 1}
+        await counter.refund("key:a", "m2", 5)  # never below zero
+        assert await counter.usage("key:a") == {"m1": 3}
+
+        await counter.set_budget("key:a", 7)
+        await counter.reset("key:a")
+        assert await counter.usage("key:a") == {}
+        assert await counter.callers() == ["addr:10.0.0.1"]
+        assert await counter.get_budget("key:a") == 7  # a reset keeps the budget
+        assert await counter.ping()
+        await counter.close()
+
+    run(body)
+
+
+def test_budget_refuses_a_crossing_batch_whole(make_counter: CounterFactory) -> None:
+    async def body() -> None:
+        counter = make_counter()
+        assert (await counter.charge("key:b", "m", 8, 10)).allowed
+        refused = await counter.charge("key:b", "m", 3, 10)
+        assert (refused.allowed, refused.used, refused.remaining) == (False, 8, 2)
+        assert await counter.usage("key:b") == {"m": 8}
+        fits = await counter.charge("key:b", "m", 2, 10)
+        assert (fits.allowed, fits.used, fits.remaining) == (True, 10, 0)
+        assert not (await counter.charge("key:b", "m", 1, 10)).allowed
+        assert not (await counter.charge("key:zero", "m", 1, 0)).allowed
+        assert await counter.usage("key:zero") == {}
+        await counter.close()
+
+    run(body)
+
+
+def test_admin_budget_overrides_the_default(make_counter: CounterFactory) -> None:
+    async def body() -> None:
+        counter = make_counter()
+        assert await counter.get_budget("key:c") is None
+        await counter.set_budget("key:c", 2)
+        assert await counter.get_budget("key:c") == 2
+        over = await counter.charge("key:c", "m", 3, 100)
+        assert (over.allowed, over.budget) == (False, 2)
+        await counter.set_budget("key:c", None)
+        assert await counter.get_budget("key:c") is None
+        assert (await counter.charge("key:c", "m", 3, 100)).allowed
+        await counter.set_budget("key:c", 0)
+        assert not (await counter.charge("key:c", "m", 1, None)).allowed
+        await counter.close()
+
+    run(body)
+
+
+def test_concurrent_charges_are_atomic(redis_server: RedisProcess) -> None:
+    """Several clients (separate connection pools, as separate workers would have) race on one
+    caller: the budget is never crossed, and the total equals what was allowed, exactly."""
+    prefix = f"test-{uuid.uuid4().hex[:8]}:"
+    rng = random.Random(0)
+    sizes = [rng.randint(1, 8) for _ in range(400)]
+
+    async def body() -> None:
+        clients = [RedisCounter(redis_server.url, prefix=prefix) for _ in range(4)]
+        budget = 500
+        results = await asyncio.gather(*(
+            clients[i % 4].charge("key:race", f"m{i % 3}", n, budget) for i, n in enumerate(sizes)
+        ))
+        allowed = sum(n for n, r in zip(sizes, results, strict=True) if r.allowed)
+        usage = await clients[0].usage("key:race")
+        assert sum(usage.values()) == allowed <= budget
+        assert all(r.used <= budget for r in results)
+        assert budget - allowed < min(n for n, r in zip(sizes, results, strict=True)
+                                      if not r.allowed)
+        # single images against budget B: exactly B are allowed
+        singles = await asyncio.gather(*(
+            clients[i % 4].charge("key:singles", "m", 1, 37) for i in range(100)
+        ))
+        assert sum(r.allowed for r in singles) == 37
+        assert await clients[1].usage("key:singles") == {"m": 37}
+        # without a budget every charge counts
+        await asyncio.gather(*(clients[i % 4].charge("key:free", "m", n, None)
+                               for i, n in enumerate(sizes)))
+        assert await clients[2].usage("key:free") == {"m": sum(sizes)}
+        for client in clients:
+            await client.close()
+
+    run(body)
+
+
+def test_a_retried_charge_counts_once(redis_server: RedisProcess) -> None:
+    async def body() -> None:
+        counter = RedisCounter(redis_server.url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
+        first = await counter.charge_with_token("key:t", "m", 4, 5, "token-1")
+        again = await counter.charge_with_token("key:t", "m", 4, 5, "token-1")
+        assert first == again and first.allowed
+        assert await counter.usage("key:t") == {"m": 4}
+        assert not (await counter.charge_with_token("key:t", "m", 4, 5, "token-2")).allowed
+        await counter.close()
+
+    run(body)
+
+
+def test_unreachable_redis_raises_quickly() -> None:
+    async def body() -> None:
+        counter = RedisCounter(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+        start = time.monotonic()
+        assert not await counter.ping()
+        calls: list[Awaitable[object]] = [
+            counter.charge("key:x", "m", 1, None), counter.refund("key:x", "m", 1),
+            counter.usage("key:x"), counter.callers(), counter.reset("key:x"),
+            counter.get_budget("key:x"), counter.set_budget("key:x", 3),
+        ]
+        for call in calls:
+            with pytest.raises(CounterUnavailable):
+                await call
+        assert time.monotonic() - start < 5
+        await counter.close()
+
+    run(body)
+
+
+def test_recovers_after_a_restart_and_times_out_when_hung() -> None:
+    """The same counter object works again once Redis is back (no reconnect call), and a hung
+    Redis (SIGSTOP) turns into ``CounterUnavailable`` within the timeout, not a hang."""
+    first = RedisProcess().start()
+    port = first.port
+
+    async def body() -> None:
+        counter = RedisCounter(f"redis://127.0.0.1:{port}/0", timeout=0.5)
+        assert (await counter.charge("key:r", "m", 2, None)).used == 2
+        first.stop()
+        with pytest.raises(CounterUnavailable):
+            await counter.charge("key:r", "m", 1, None)
+        assert not await counter.ping()
+        second = RedisProcess(port=port).start()
+        try:
+            assert await counter.ping()
+            # --save '' : the restarted Redis starts empty; counting resumes from there
+            assert (await counter.charge("key:r", "m", 3, None)).used == 3
+            assert await counter.usage("key:r") == {"m": 3}
+            assert second.proc is not None
+            os.kill(second.proc.pid, signal.SIGSTOP)
+            try:
+                start = time.monotonic()
+                with pytest.raises(CounterUnavailable):
+                    await counter.charge("key:r", "m", 1, None)
+                assert time.monotonic() - start < 3
+            finally:
+                os.kill(second.proc.pid, signal.SIGCONT)
+            await asyncio.sleep(0.2)
+            assert await counter.ping()
+        finally:
+            await counter.close()
+            second.stop()
+
+    try:
+        run(body)
+    finally:
+        first.stop()
