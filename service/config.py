@@ -17,15 +17,31 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class DefenseSettings(BaseModel):
     """The defense in front of one model."""
 
-    kind: Literal["none", "snd"] = "snd"
+    kind: Literal["none", "snd", "rp"] = "snd"
     sigma: float = Field(0.01, ge=0.0, le=1.0, description="noise standard deviation (pixels)")
-    noise: Literal["gaussian", "uniform", "laplace"] = "gaussian"
+    noise: Literal["gaussian", "uniform", "laplace", "salt_pepper"] = "gaussian"
+    sp_amplitude: float = Field(
+        1.0, gt=0.0, le=1.0,
+        description="salt_pepper: impulse ±a; density p = σ²/a², so the std stays σ (σ <= a)",
+    )
+    rp_min_scale: float = Field(1.0, ge=1.0, description="rp: smallest resize factor")
+    rp_max_scale: float = Field(
+        1.1, gt=1.0, le=4.0, description="rp: canvas side = round(max_scale · side) (Xie 2018)"
+    )
     distribution: Literal["fixed", "beta"] = Field(
         "fixed", description="fixed σ, or σ scaled by k ~ Beta(α, β) per image (paper App. C)"
     )
     alpha: float = Field(1.0, gt=0.0)
     beta: float = Field(1.0, gt=0.0)
     clip: bool = Field(False, description="clip noisy images to [0, 1]")
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> DefenseSettings:
+        if self.rp_min_scale >= self.rp_max_scale:
+            raise ValueError("rp_min_scale must be < rp_max_scale")
+        if self.noise == "salt_pepper" and self.sigma > self.sp_amplitude:
+            raise ValueError("salt_pepper needs sigma <= sp_amplitude (density σ²/a² <= 1)")
+        return self
 
 
 class ModelSettings(BaseModel):
@@ -57,9 +73,9 @@ class Settings(BaseSettings):
     # single-model shortcut (used when `models` is empty)
     model: str = "resnet20-mnist"
     weights: Path | None = None
-    defense: Literal["none", "snd"] = "snd"
+    defense: Literal["none", "snd", "rp"] = "snd"
     sigma: float = Field(0.01, ge=0.0, le=1.0)
-    noise: Literal["gaussian", "uniform", "laplace"] = "gaussian"
+    noise: Literal["gaussian", "uniform", "laplace", "salt_pepper"] = "gaussian"
     sigma_distribution: Literal["fixed", "beta"] = "fixed"
     alpha: float = Field(1.0, gt=0.0)
     beta: float = Field(1.0, gt=0.0)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from service.defenses.base import Defense, NoDefense
+from service.defenses.rp import RandomResizePad
 from service.defenses.snd import SmallNoiseDefense
 
 if TYPE_CHECKING:
     from service.config import DefenseSettings
 
-DEFENSE_KINDS = ("none", "snd")
+DEFENSE_KINDS = ("none", "snd", "rp")
 
 
 def build_defense(settings: DefenseSettings) -> Defense:
@@ -25,8 +26,18 @@ def build_defense(settings: DefenseSettings) -> Defense:
             alpha=settings.alpha,
             beta=settings.beta,
             clip=settings.clip,
+            sp_amplitude=settings.sp_amplitude,
         )
+    if settings.kind == "rp":
+        return RandomResizePad(min_scale=settings.rp_min_scale, max_scale=settings.rp_max_scale)
     raise ValueError(f"unknown defense kind {settings.kind!r}")
 
 
-__all__ = ["DEFENSE_KINDS", "Defense", "NoDefense", "SmallNoiseDefense", "build_defense"]
+__all__ = [
+    "DEFENSE_KINDS",
+    "Defense",
+    "NoDefense",
+    "RandomResizePad",
+    "SmallNoiseDefense",
+    "build_defense",
+]
