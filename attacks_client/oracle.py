@@ -31,7 +31,11 @@ class Oracle(Protocol):
 
     input_shape: tuple[int, int, int]
     num_classes: int
-    queries: int
+
+    @property
+    def queries(self) -> int:
+        """Images sent so far."""
+        ...
 
     @property
     def has_scores(self) -> bool: ...

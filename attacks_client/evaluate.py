@@ -1,0 +1,316 @@
+"""``python -m attacks_client evaluate --config experiments/<name>.toml``: the paper's protocol.
+
+For every (attack, endpoint, image) of the grid, one JSONL record with the queries used, the
+candidate's L2 and the evaluator's verdict at each budget checkpoint, the L2 of the q-th query
+image (paper Table 3), and P_mis = P(h(x) != h(x + eta)) over a sample of the attack's queries
+(Table 5). Success at q and epsilon = the candidate is within epsilon of x0 and the defended
+endpoint misclassifies it by a majority of ``eval_draws`` draws, asked under the evaluator's
+identity (not charged to the attacker). Finished records are skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from attacks_client.adaptive import RepeatOracle
+from attacks_client.attacks import AttackResult, get_attack
+from attacks_client.data import ImageSet, load_images
+from attacks_client.experiment import AttackConfig, EndpointConfig, Experiment
+from attacks_client.http import HttpOracle
+from attacks_client.launch import LocalService
+from attacks_client.oracle import Oracle
+
+log = logging.getLogger(__name__)
+RECORDS, ACCURACY, IMAGES = "records.jsonl", "accuracy.jsonl", "images.json"
+TRAJECTORY_POINTS = 100
+
+
+class RecordingOracle:
+    """Passes queries through and keeps a uniform sample (reservoir) of (image, answered label)."""
+
+    def __init__(self, inner: Oracle, capacity: int, seed: int) -> None:
+        self.inner = inner
+        self.input_shape = inner.input_shape
+        self.num_classes = inner.num_classes
+        self.capacity = capacity
+        self.images: list[np.ndarray] = []
+        self.answers: list[int] = []
+        self._seen = 0
+        self._rng = np.random.default_rng(seed)
+
+    @property
+    def queries(self) -> int:
+        return self.inner.queries
+
+    @property
+    def has_scores(self) -> bool:
+        return self.inner.has_scores
+
+    def _record(self, x: np.ndarray, labels: np.ndarray) -> None:
+        for image, label in zip(np.asarray(x, np.float32), labels, strict=True):
+            self._seen += 1
+            if len(self.images) < self.capacity:
+                self.images.append(image.copy())
+                self.answers.append(int(label))
+            else:
+                slot = int(self._rng.integers(self._seen))
+                if slot < self.capacity:
+                    self.images[slot], self.answers[slot] = image.copy(), int(label)
+
+    def labels(self, x: np.ndarray) -> np.ndarray:
+        labels = self.inner.labels(x)
+        self._record(x, labels)
+        return labels
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        scores = self.inner.scores(x)
+        self._record(x, scores.argmax(1))
+        return scores
+
+
+def encode_array(x: np.ndarray) -> str:
+    return base64.b64encode(zlib.compress(np.asarray(x, np.float32).tobytes())).decode()
+
+
+def decode_array(text: str, shape: tuple[int, ...]) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(base64.b64decode(text)), np.float32).reshape(shape)
+
+
+def majority_misclassified(evaluator: HttpOracle, candidates: list[np.ndarray], label: int,
+                           draws: int) -> list[tuple[bool, int]]:
+    """For each candidate: (misclassified by a majority of ``draws``, number of wrong votes)."""
+    if not candidates:
+        return []
+    batch = np.repeat(np.stack(candidates).astype(np.float32), draws, axis=0)
+    votes = evaluator.labels(batch).reshape(len(candidates), draws)
+    wrong = (votes != label).sum(1)
+    return [(bool(w * 2 > draws), int(w)) for w in wrong]
+
+
+def query_l2_at(result: AttackResult, q: int) -> float | None:
+    """L2 of the q-th query image (the last one if the attack stopped earlier)."""
+    if len(result.query_l2) == 0:
+        return None
+    return float(result.query_l2[min(q, len(result.query_l2)) - 1])
+
+
+def build_record(experiment: Experiment, attack: AttackConfig, endpoint: EndpointConfig,
+                 image: int, result: AttackResult, verdicts: dict[int, tuple[bool, int]],
+                 p_mis: tuple[int, int] | None, seconds: float,
+                 judge_queries: int = 0) -> dict[str, Any]:
+    grid = np.unique(np.linspace(1, experiment.budget, TRAJECTORY_POINTS).astype(int))
+    checkpoints = {}
+    for q in experiment.budget_checkpoints:
+        candidate = result.candidate_at(q)
+        misclassified, votes = verdicts.get(q, (False, 0))
+        l2 = result.l2_at(q)
+        checkpoints[str(q)] = {
+            "l2": None if candidate is None else l2,
+            "misclassified": candidate is not None and misclassified,
+            "wrong_votes": votes,
+            "query_l2": query_l2_at(result, q),
+            "candidate": None if candidate is None else encode_array(candidate),
+        }
+    return {
+        "attack": attack.key, "attack_name": attack.name, "repeat": attack.repeat,
+        "params": {k: v for k, v in result.params.items() if _jsonable(v)},
+        "endpoint": endpoint.name, "image": image, "label": result.label,
+        "budget": result.budget, "queries": result.queries, "stop_reason": result.stop_reason,
+        "attack_seconds": result.wall_time, "seconds": seconds,
+        "checkpoints": checkpoints,
+        "candidate_l2": [[int(q), _finite(result.l2_at(int(q)))] for q in grid],
+        "mean_query_l2": float(result.query_l2.mean()) if len(result.query_l2) else None,
+        "p_mis": None if p_mis is None else {"mismatches": p_mis[0], "samples": p_mis[1]},
+        "judge_queries": judge_queries,
+    }
+
+
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+class Evaluation:
+    """One experiment run into ``out_dir``; resumable."""
+
+    def __init__(self, experiment: Experiment, out_dir: Path, urls: dict[str, str]) -> None:
+        self.experiment = experiment
+        self.out_dir = out_dir
+        self.urls = urls
+        self._lock = threading.Lock()
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def oracle(self, endpoint: EndpointConfig, *, evaluator: bool, scores: bool = False,
+               ) -> HttpOracle:
+        key = (endpoint.eval_api_key or endpoint.api_key) if evaluator else endpoint.api_key
+        return HttpOracle(self.urls[endpoint.name], endpoint.model, api_key=key,
+                          output="scores" if scores else "label")
+
+    # -- images and clean accuracy ------------------------------------------------------------
+
+    def select_images(self, data: ImageSet) -> list[int]:
+        """``images`` correctly classified test images (by the reference endpoint), seeded."""
+        path = self.out_dir / IMAGES
+        if path.exists():
+            return list(json.loads(path.read_text())["indices"])
+        order = np.random.default_rng(self.experiment.seed).permutation(len(data))
+        chosen: list[int] = []
+        with self.oracle(self.experiment.reference, evaluator=True) as ref:
+            for start in range(0, len(order), 200):
+                idx = order[start : start + 200]
+                correct = ref.labels(data.images[idx]) == data.labels[idx]
+                chosen.extend(int(i) for i in idx[correct])
+                if len(chosen) >= self.experiment.images:
+                    break
+        chosen = chosen[: self.experiment.images]
+        path.write_text(json.dumps({"reference": self.experiment.reference.name,
+                                    "seed": self.experiment.seed, "indices": chosen}))
+        return chosen
+
+    def clean_accuracy(self, data: ImageSet) -> None:
+        """Table 1: accuracy of every endpoint on the test images, ``accuracy_repeats`` passes."""
+        path = self.out_dir / ACCURACY
+        done = {json.loads(line)["endpoint"] for line in _lines(path)}
+        limit = self.experiment.accuracy_images or len(data)
+        for endpoint in self.experiment.endpoints:
+            if endpoint.name in done:
+                continue
+            with self.oracle(endpoint, evaluator=True) as oracle:
+                accuracies = []
+                for _ in range(self.experiment.accuracy_repeats):
+                    labels = oracle.labels(data.images[:limit])
+                    accuracies.append(float((labels == data.labels[:limit]).mean()))
+                record = {"endpoint": endpoint.name, "accuracies": accuracies, "images": limit,
+                          "defense": oracle.defense}
+            with path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    # -- attacks ------------------------------------------------------------------------------
+
+    def jobs(self, images: list[int]) -> list[tuple[AttackConfig, EndpointConfig, int]]:
+        records = map(json.loads, _lines(self.out_dir / RECORDS))
+        done = {(r["attack"], r["endpoint"], r["image"]) for r in records}
+        return [(a, e, i) for a in self.experiment.attacks for e in self.experiment.endpoints
+                if a.runs_on(e.name) for i in images if (a.key, e.name, i) not in done]
+
+    def run_job(self, attack: AttackConfig, endpoint: EndpointConfig, image: int,
+                data: ImageSet) -> dict[str, Any]:
+        start = time.perf_counter()
+        exp = self.experiment
+        attack_cls = get_attack(attack.name)
+        with ExitStack() as stack:
+            http = stack.enter_context(self.oracle(endpoint, evaluator=False,
+                                                   scores=attack_cls.needs_scores))
+            recording = RecordingOracle(http, exp.pmis_samples, seed=exp.seed + image)
+            oracle: Oracle = recording
+            if attack.repeat > 1:
+                oracle = RepeatOracle(recording, attack.repeat)
+            result = attack_cls(**attack.params)(oracle, data.images[image],
+                                                 int(data.labels[image]), exp.budget,
+                                                 seed=exp.seed + image)
+            evaluator = stack.enter_context(self.oracle(endpoint, evaluator=True))
+            verdicts = self.judge(evaluator, result)
+            judge_queries = evaluator.queries
+            p_mis = None
+            if recording.images:
+                reference = stack.enter_context(self.oracle(exp.reference, evaluator=True))
+                clean = reference.labels(np.stack(recording.images))
+                p_mis = (int((clean != np.array(recording.answers)).sum()), len(clean))
+        return build_record(exp, attack, endpoint, image, result, verdicts, p_mis,
+                            time.perf_counter() - start, judge_queries)
+
+    def judge(self, evaluator: HttpOracle, result: AttackResult) -> dict[int, tuple[bool, int]]:
+        """The evaluator's majority verdict on the candidate at each checkpoint (each distinct
+        candidate asked once)."""
+        by_id: dict[int, np.ndarray] = {}
+        at: dict[int, int] = {}
+        for q in self.experiment.budget_checkpoints:
+            candidate = result.candidate_at(q)
+            if candidate is not None:
+                by_id.setdefault(id(candidate), candidate)
+                at[q] = id(candidate)
+        ids = list(by_id)
+        verdicts = majority_misclassified(evaluator, [by_id[i] for i in ids], result.label,
+                                          self.experiment.eval_draws)
+        by_candidate = dict(zip(ids, verdicts, strict=True))
+        return {q: by_candidate[i] for q, i in at.items()}
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self._lock, (self.out_dir / RECORDS).open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+
+    def run(self, workers: int = 1, progress: bool = True) -> None:
+        data = load_images(self.experiment.dataset)
+        images = self.select_images(data)
+        self.clean_accuracy(data)
+        jobs = self.jobs(images)
+        log.info("%d records to run (%d workers)", len(jobs), workers)
+        bar = tqdm(total=len(jobs), desc=f"evaluate {self.experiment.name}", unit="run",
+                   disable=not progress)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            futures = {pool.submit(self.run_job, a, e, i, data): (a.key, e.name, i)
+                       for a, e, i in jobs}
+            for future in as_completed(futures):
+                record = future.result()
+                self.write(record)
+                bar.update(1)
+                bar.set_postfix_str(f"{record['attack']}@{record['endpoint']}")
+        bar.close()
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+def evaluate(experiment: Experiment, out_dir: Path, *, workers: int = 1,
+             progress: bool = True) -> Path:
+    """Run (or resume) an experiment; start the endpoints that ask to be served locally."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "experiment.json").write_text(json.dumps(_describe(experiment), indent=1))
+    with ExitStack() as stack:
+        urls = {}
+        for endpoint in experiment.endpoints:
+            if endpoint.serve is not None:
+                urls[endpoint.name] = stack.enter_context(LocalService(endpoint.serve)).url
+            else:
+                assert endpoint.url is not None
+                urls[endpoint.name] = endpoint.url
+        Evaluation(experiment, out_dir, urls).run(workers, progress)
+    return out_dir
+
+
+def _describe(experiment: Experiment) -> dict[str, Any]:
+    """The experiment without secrets, for the report."""
+    return {
+        "name": experiment.name, "images": experiment.images, "seed": experiment.seed,
+        "budget": experiment.budget, "checkpoints": list(experiment.budget_checkpoints),
+        "epsilons": list(experiment.epsilons), "primary_epsilon": experiment.primary_epsilon,
+        "eval_draws": experiment.eval_draws, "dataset": experiment.dataset,
+        "endpoints": [{"name": e.name, "serve": e.serve, "url": e.url, "model": e.model}
+                      for e in experiment.endpoints],
+        "attacks": [{"key": a.key, "name": a.name, "repeat": a.repeat, "params": a.params}
+                    for a in experiment.attacks],
+        "reference": experiment.reference.name,
+    }

@@ -1,0 +1,321 @@
+"""``python -m attacks_client report runs/<name>``: the paper's tables and plots from a run.
+
+Writes ``report.md`` (Markdown tables), ``tables/*.csv`` and ``plots/*.png`` into the run
+directory. Tables: 1 (clean accuracy, mean ± std over repeats), 2/3 (success rate at each
+checkpoint with the mean L2 of the q-th query in parentheses, one table per epsilon), 4/6 (the
+adaptive attack against T), 5 (P_mis), 7 (SND variants), and median candidate L2.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attacks_client.evaluate import ACCURACY, RECORDS
+
+
+@dataclass
+class Run:
+    """The records of one evaluation directory, grouped."""
+
+    directory: Path
+    experiment: dict[str, Any]
+    records: list[dict[str, Any]]
+    accuracy: list[dict[str, Any]]
+
+    @classmethod
+    def load(cls, directory: Path) -> Run:
+        def lines(name: str) -> list[dict[str, Any]]:
+            path = directory / name
+            if not path.exists():
+                return []
+            return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+        experiment = json.loads((directory / "experiment.json").read_text())
+        return cls(directory, experiment, lines(RECORDS), lines(ACCURACY))
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [e["name"] for e in self.experiment["endpoints"]]
+
+    @property
+    def attacks(self) -> list[dict[str, Any]]:
+        return list(self.experiment["attacks"])
+
+    @property
+    def checkpoints(self) -> list[int]:
+        return list(self.experiment["checkpoints"])
+
+    def select(self, attack: str, endpoint: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["attack"] == attack and r["endpoint"] == endpoint]
+
+    def defense(self, endpoint: str) -> dict[str, Any]:
+        for row in self.accuracy:
+            if row["endpoint"] == endpoint:
+                return dict(row.get("defense") or {})
+        return {}
+
+
+def success_rate(records: list[dict[str, Any]], q: int, epsilon: float) -> float:
+    hits = [
+        c["misclassified"] and c["l2"] is not None and c["l2"] <= epsilon
+        for c in (r["checkpoints"][str(q)] for r in records)
+    ]
+    return float(np.mean(hits)) if hits else math.nan
+
+
+def mean_query_l2(records: list[dict[str, Any]], q: int) -> float:
+    values = [r["checkpoints"][str(q)]["query_l2"] for r in records]
+    finite = [v for v in values if v is not None]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def median_l2(records: list[dict[str, Any]], q: int) -> float:
+    values = [r["checkpoints"][str(q)]["l2"] for r in records]
+    return float(np.median([math.inf if v is None else v for v in values])) if values else math.nan
+
+
+def p_mis(records: list[dict[str, Any]]) -> float:
+    stats = [r["p_mis"] for r in records if r.get("p_mis")]
+    samples = sum(s["samples"] for s in stats)
+    return sum(s["mismatches"] for s in stats) / samples if samples else math.nan
+
+
+def short(q: int) -> str:
+    """1000 -> 1k, 2500 -> 2.5k, 300 -> 300."""
+    return f"{q / 1000:g}k" if q >= 1000 else str(q)
+
+
+def fmt_rate(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value * 100:.1f}"
+
+
+def fmt_l2(value: float) -> str:
+    return "–" if math.isnan(value) else ("∞" if math.isinf(value) else f"{value:.3f}")
+
+
+def markdown_table(header: list[str], rows: Iterable[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def describe_defense(defense: dict[str, Any]) -> str:
+    kind = defense.get("kind", "?")
+    if kind != "snd" or "sigma" not in defense:
+        return kind
+    text = f"SND σ={defense['sigma']}"
+    if defense.get("distribution") == "beta":
+        text += f", k~Beta({defense.get('alpha')}, {defense.get('beta')})"
+    if defense.get("noise", "gaussian") != "gaussian":
+        text += f", {defense['noise']}"
+    return text
+
+
+class Report:
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.tables = run.directory / "tables"
+        self.plots = run.directory / "plots"
+
+    def plain_attacks(self) -> list[dict[str, Any]]:
+        return [a for a in self.run.attacks if a["repeat"] == 1]
+
+    def table1(self) -> str:
+        rows, csv_rows = [], []
+        for row in self.run.accuracy:
+            acc = np.array(row["accuracies"]) * 100
+            rows.append([row["endpoint"], describe_defense(row.get("defense") or {}),
+                         f"{acc.mean():.2f} ± {acc.std():.2f}", str(len(acc)), str(row["images"])])
+            csv_rows.append([row["endpoint"], acc.mean(), acc.std(), len(acc), row["images"]])
+        write_csv(self.tables / "table1_clean_accuracy.csv",
+                  ["endpoint", "accuracy_mean", "accuracy_std", "repeats", "images"], csv_rows)
+        return markdown_table(["Endpoint", "Defense", "Clean accuracy (%)", "Repeats", "Images"],
+                              rows)
+
+    def success_table(self, attacks: list[dict[str, Any]], epsilon: float, name: str) -> str:
+        header = ["Endpoint"] + [f"{a['key']} {short(q)}" for a in attacks
+                                 for q in self.run.checkpoints]
+        rows, csv_rows = [], []
+        for endpoint in self.run.endpoints:
+            cells = [endpoint]
+            for attack in attacks:
+                records = self.run.select(attack["key"], endpoint)
+                for q in self.run.checkpoints:
+                    rate, ql2 = success_rate(records, q, epsilon), mean_query_l2(records, q)
+                    cells.append(f"{fmt_rate(rate)} ({fmt_l2(ql2)})" if records else "–")
+                    csv_rows.append([endpoint, attack["key"], q, epsilon, rate, ql2,
+                                     median_l2(records, q), len(records)])
+            rows.append(cells)
+        write_csv(self.tables / f"{name}.csv", ["endpoint", "attack", "queries", "epsilon",
+                                                "success_rate", "mean_query_l2", "median_l2",
+                                                "images"], csv_rows)
+        return markdown_table(header, rows)
+
+    def median_table(self) -> str:
+        attacks = self.plain_attacks()
+        header = ["Endpoint"] + [f"{a['key']} @{q}" for a in attacks for q in self.run.checkpoints]
+        rows = [[e] + [fmt_l2(median_l2(self.run.select(a["key"], e), q)) if
+                       self.run.select(a["key"], e) else "–"
+                       for a in attacks for q in self.run.checkpoints]
+                for e in self.run.endpoints]
+        return markdown_table(header, rows)
+
+    def table5(self) -> str:
+        attacks = self.run.attacks
+        rows, csv_rows = [], []
+        for endpoint in self.run.endpoints:
+            cells = [endpoint]
+            for attack in attacks:
+                value = p_mis(self.run.select(attack["key"], endpoint))
+                cells.append(fmt_rate(value))
+                csv_rows.append([endpoint, attack["key"], value])
+            rows.append(cells)
+        write_csv(self.tables / "table5_p_mis.csv", ["endpoint", "attack", "p_mis"], csv_rows)
+        return markdown_table(["Endpoint"] + [a["key"] for a in attacks], rows)
+
+    def adaptive_table(self, epsilon: float) -> str | None:
+        names = {a["name"] for a in self.run.attacks if a["repeat"] > 1}
+        if not names:
+            return None
+        header = ["Attack", "T", "Endpoint"] + [f"{q}" for q in self.run.checkpoints] + ["P_mis"]
+        rows = []
+        for attack in sorted((a for a in self.run.attacks if a["name"] in names),
+                             key=lambda a: (a["name"], a["repeat"])):
+            for endpoint in self.run.endpoints:
+                records = self.run.select(attack["key"], endpoint)
+                if not records:
+                    continue
+                rows.append([attack["name"], str(attack["repeat"]), endpoint]
+                            + [f"{fmt_rate(success_rate(records, q, epsilon))} "
+                               f"({fmt_l2(mean_query_l2(records, q))})"
+                               for q in self.run.checkpoints]
+                            + [fmt_rate(p_mis(records))])
+        return markdown_table(header, rows)
+
+    def table7(self, epsilon: float) -> str | None:
+        snd = [e for e in self.run.endpoints if self.run.defense(e).get("kind") == "snd"
+               and "sigma" in self.run.defense(e)]
+        if not snd:
+            return None
+        attacks = self.plain_attacks()
+        accuracy = {r["endpoint"]: np.array(r["accuracies"]) * 100 for r in self.run.accuracy}
+        header = ["Defense", "Clean acc. (%)", "E‖η‖₂"] + [
+            f"{a['key']} {q}" for a in attacks for q in self.run.checkpoints]
+        rows = []
+        for endpoint in snd:
+            d = self.run.defense(endpoint)
+            dim = self._dimension(endpoint)
+            k = d["alpha"] / (d["alpha"] + d["beta"]) if d.get("distribution") == "beta" else 1.0
+            acc = accuracy.get(endpoint)
+            rows.append([describe_defense(d),
+                         f"{acc.mean():.2f} ± {acc.std():.2f}" if acc is not None else "–",
+                         fmt_l2(k * d["sigma"] * math.sqrt(dim)) if dim else "–"]
+                        + [fmt_rate(success_rate(self.run.select(a["key"], endpoint), q, epsilon))
+                           for a in attacks for q in self.run.checkpoints])
+        return markdown_table(header, rows)
+
+    def _dimension(self, endpoint: str) -> int | None:
+        for record in self.run.records:
+            if record["endpoint"] == endpoint:
+                for c in record["checkpoints"].values():
+                    if c.get("candidate"):
+                        import base64
+                        import zlib
+
+                        return len(zlib.decompress(base64.b64decode(c["candidate"]))) // 4
+        return None
+
+    def plots_(self) -> list[Path]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        self.plots.mkdir(parents=True, exist_ok=True)
+        paths = []
+        by_attack: dict[str, dict[str, list[list[Any]]]] = defaultdict(dict)
+        for attack in self.run.attacks:
+            for endpoint in self.run.endpoints:
+                records = self.run.select(attack["key"], endpoint)
+                if records:
+                    by_attack[attack["key"]][endpoint] = [r["candidate_l2"] for r in records]
+        for key, series in by_attack.items():
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            for endpoint, curves in series.items():
+                q = np.array([p[0] for p in curves[0]])
+                values = np.array([[math.inf if p[1] is None else p[1] for p in c] for c in curves])
+                median = np.median(values, axis=0)
+                ax.plot(q, np.where(np.isfinite(median), median, np.nan), label=endpoint)
+            ax.set(xlabel="queries", ylabel="median L2 of the candidate", title=key)
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            slug = "".join(c for c in key.replace(" ", "_") if c.isalnum() or c in "_-")
+            path = self.plots / f"l2_{slug}.png"
+            fig.savefig(path, dpi=120)
+            plt.close(fig)
+            paths.append(path)
+        return paths
+
+    def markdown(self) -> str:
+        exp = self.run.experiment
+        eps = exp["primary_epsilon"]
+        parts = [
+            f"# Report: {exp['name']}",
+            "",
+            f"{exp['images']} correctly classified images (seed {exp['seed']}, reference endpoint "
+            f"`{exp['reference']}`), budget {exp['budget']} queries, ε ∈ {exp['epsilons']} "
+            f"(L2, primary {eps}), success judged by a majority of {exp['eval_draws']} "
+            "evaluator draws on the attacked endpoint. Cells: success rate % (mean L2 of the "
+            "q-th query image ‖x0 − x_q‖₂).",
+            "",
+            "## Table 1: clean accuracy",
+            "",
+            self.table1(),
+        ]
+        plain = self.plain_attacks()
+        for epsilon in exp["epsilons"]:
+            name = f"table2_success_eps{epsilon}"
+            parts += ["", f"## Tables 2/3: attack success rate (%), ε = {epsilon}", "",
+                      self.success_table(plain, epsilon, name)]
+        parts += ["", "## Median L2 of the adversarial candidate", "", self.median_table()]
+        adaptive = self.adaptive_table(eps)
+        if adaptive:
+            parts += ["", f"## Tables 4/6: adaptive attack (T repeats per query), ε = {eps}", "",
+                      adaptive]
+        parts += ["", "## Table 5: P_mis = P(h(x) ≠ h(x + η)) over the attacks' queries (%)", "",
+                  self.table5()]
+        table7 = self.table7(eps)
+        if table7:
+            parts += ["", f"## Table 7: SND variants, ε = {eps}", "", table7]
+        plots = self.plots_()
+        if plots:
+            parts += ["", "## Plots", ""] + [
+                f"![{p.stem}](plots/{p.name})" for p in plots]
+        return "\n".join(parts) + "\n"
+
+
+def report(directory: Path) -> Path:
+    run = Run.load(directory)
+    text = Report(run).markdown()
+    path = directory / "report.md"
+    path.write_text(text)
+    return path

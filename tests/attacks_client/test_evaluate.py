@@ -1,0 +1,143 @@
+"""The evaluation harness end to end: a small grid against real services, the report's tables,
+resuming, and the evaluator identity kept apart from the attacker's count."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from attacks_client.evaluate import RECORDS, Evaluation, RecordingOracle, decode_array, evaluate
+from attacks_client.experiment import AttackConfig, EndpointConfig, Experiment
+from attacks_client.oracle import FunctionOracle
+from attacks_client.report import report
+from tests.servers import ServiceProcess
+
+KEYS = {"attacker": "attacker-secret", "evaluator": "evaluator-secret"}
+ADMIN = "admin-secret"
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def keyed_servers() -> Iterator[dict[str, ServiceProcess]]:
+    common = {"api_keys": {sha(k): name for name, k in KEYS.items()},
+              "admin_token_sha256": sha(ADMIN)}
+    with ServiceProcess({**common, "defense": "none"}) as plain, \
+            ServiceProcess({**common, "defense": "snd", "sigma": 0.01}) as snd:
+        yield {"none": plain, "snd": snd}
+
+
+def small_grid(servers: dict[str, ServiceProcess], images: int = 2) -> Experiment:
+    endpoints = tuple(
+        EndpointConfig(name=name, url=server.url, api_key=KEYS["attacker"],
+                       eval_api_key=KEYS["evaluator"])
+        for name, server in servers.items()
+    )
+    return Experiment(
+        name="small", endpoints=endpoints,
+        attacks=(AttackConfig(name="hsja"), AttackConfig(name="simba-dct")),
+        images=images, budget=200, checkpoints=(100, 200), epsilons=(1.5, 3.0),
+        primary_epsilon=1.5, eval_draws=5, accuracy_repeats=2, accuracy_images=100,
+        pmis_samples=50,
+    )
+
+
+def usage(server: ServiceProcess, caller: str) -> int:
+    r = httpx.get(f"{server.url}/usage/{caller}", headers={"Authorization": f"Bearer {ADMIN}"})
+    r.raise_for_status()
+    return int(r.json()["total"])
+
+
+def records(directory: Path) -> list[dict]:
+    return [json.loads(line) for line in (directory / RECORDS).read_text().splitlines()]
+
+
+def test_small_grid_end_to_end(keyed_servers: dict[str, ServiceProcess], tmp_path: Path) -> None:
+    before = {name: (usage(s, "key:attacker"), usage(s, "key:evaluator"))
+              for name, s in keyed_servers.items()}
+    experiment = small_grid(keyed_servers)
+    evaluate(experiment, tmp_path, workers=2, progress=False)
+    rows = records(tmp_path)
+    assert len(rows) == 2 * 2 * 2
+    assert {(r["attack"], r["endpoint"]) for r in rows} == {
+        (a, e) for a in ("hsja", "simba-dct") for e in ("none", "snd")}
+    for row in rows:
+        assert row["queries"] <= 200
+        assert set(row["checkpoints"]) == {"100", "200"}
+        for check in row["checkpoints"].values():
+            if check["candidate"] is not None:
+                x = decode_array(check["candidate"], (1, 28, 28))
+                assert abs(float(np.linalg.norm(x - x.clip(0, 1)))) == 0.0
+    # the attacker is charged exactly the attacks' queries; the evaluator's checks go elsewhere
+    for name, server in keyed_servers.items():
+        mine = [r for r in rows if r["endpoint"] == name]
+        attacker = usage(server, "key:attacker") - before[name][0]
+        assert attacker == sum(r["queries"] for r in mine)
+        evaluator = usage(server, "key:evaluator") - before[name][1]
+        judged = sum(r["judge_queries"] for r in mine)
+        assert judged > 0  # success is judged on the attacked (defended) endpoint itself
+        selection_and_pmis = 0 if name == "snd" else None
+        accuracy = 2 * 100
+        if selection_and_pmis is not None:
+            assert evaluator == accuracy + judged
+        else:  # the reference endpoint also picks the images and answers h(x) for P_mis
+            assert evaluator > accuracy + judged
+    # P_mis: zero on the deterministic model, measured on the defended one
+    assert all(r["p_mis"]["mismatches"] == 0 for r in rows if r["endpoint"] == "none")
+
+    path = report(tmp_path)
+    text = path.read_text()
+    for heading in ("Table 1", "Tables 2/3", "ε = 3.0", "Table 5", "Table 7", "Median L2"):
+        assert heading in text
+    assert (tmp_path / "tables" / "table1_clean_accuracy.csv").exists()
+    assert (tmp_path / "plots" / "l2_hsja.png").stat().st_size > 1000
+
+
+def test_a_killed_run_resumes_without_redoing_records(
+        keyed_servers: dict[str, ServiceProcess], tmp_path: Path) -> None:
+    experiment = small_grid(keyed_servers, images=1)
+    evaluate(experiment, tmp_path, workers=1, progress=False)
+    lines = (tmp_path / RECORDS).read_text().splitlines()
+    assert len(lines) == 4
+    # a run killed after two records: only those two survive
+    (tmp_path / RECORDS).write_text("\n".join(lines[:2]) + "\n")
+    evaluation = Evaluation(experiment, tmp_path, {e.name: e.url for e in experiment.endpoints})
+    images = evaluation.select_images(__import__("attacks_client.data").data.load_images())
+    missing = evaluation.jobs(images)
+    assert len(missing) == 2
+    attacker_before = sum(usage(s, "key:attacker") for s in keyed_servers.values())
+    evaluate(experiment, tmp_path, workers=1, progress=False)
+    after = (tmp_path / RECORDS).read_text().splitlines()
+    assert after[:2] == lines[:2] and len(after) == 4
+    spent = sum(usage(s, "key:attacker") for s in keyed_servers.values()) - attacker_before
+    assert spent == sum(json.loads(x)["queries"] for x in after[2:])
+    evaluate(experiment, tmp_path, workers=1, progress=False)  # nothing left to do
+    assert len((tmp_path / RECORDS).read_text().splitlines()) == 4
+
+
+def test_recording_oracle_keeps_a_uniform_sample() -> None:
+    inner = FunctionOracle(lambda x: np.eye(10)[np.zeros(len(x), int)], (1, 2, 2), 10)
+    recording = RecordingOracle(inner, capacity=50, seed=0)
+    for i in range(100):
+        recording.labels(np.full((10, 1, 2, 2), i / 100, np.float32))
+    assert len(recording.images) == 50 and recording.queries == 1000
+    seen = sorted({round(float(x.mean()) * 100) for x in recording.images})
+    assert seen[0] < 30 and seen[-1] > 70  # early and late queries both sampled
+
+
+def test_experiment_toml_is_validated(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[[endpoints]]\nname = "a"\nurl = "http://x"\n[[attacks]]\nname = "nope"\n')
+    with pytest.raises(ValueError, match="unknown attack"):
+        Experiment.load(path)
+    path.write_text('[[endpoints]]\nname = "a"\n[[attacks]]\nname = "hsja"\n')
+    with pytest.raises(ValueError, match="url"):
+        Experiment.load(path)
