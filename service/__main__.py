@@ -64,12 +64,14 @@ def main(argv: list[str] | None = None) -> None:
             )
         uvicorn.run("service.app:create_app", factory=True, host=settings.host,
                     port=settings.port, workers=args.workers, log_level=settings.log_level,
-                    timeout_graceful_shutdown=30)
+                    timeout_graceful_shutdown=30, proxy_headers=False)
         return
     from service.app import create_app
 
+    # proxy_headers=False: uvicorn would otherwise trust X-Forwarded-For from 127.0.0.1;
+    # the app honours it only from the configured `trusted_proxies` (service.api.deps)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level, timeout_graceful_shutdown=30)
+                log_level=settings.log_level, timeout_graceful_shutdown=30, proxy_headers=False)
 
 
 if __name__ == "__main__":
