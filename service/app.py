@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.runtime = None
             await counter.close()
-            pool.close()
+            await pool.aclose()
 
     app = FastAPI(
         title="SND gateway",

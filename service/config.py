@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     allow_download: bool = Field(False, description="let torchvision download missing weights")
     max_batch: int = Field(256, ge=1, description="most images in one request")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    batching: bool = Field(True, description="merge concurrent requests into shared passes")
+    batch_max_images: int = Field(256, ge=1, description="most images in one forward pass")
+    batch_wait_ms: float = Field(2.0, ge=0.0, description="how long a pass waits for company")
+    queue_max_images: int = Field(4096, ge=1, description="queued images before 503")
 
     # accounting and auth
     redis_url: str | None = Field(None, description="redis://...; unset = in-memory counter")

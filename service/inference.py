@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from service.batching import DynamicBatcher
 from service.config import ModelSettings, Settings
 from service.defenses import Defense, build_defense
 from service.models import ModelSpec, get_spec
@@ -68,9 +69,14 @@ class ModelPool:
 
     hosts: dict[str, ModelHost]
     default: str
+    batching: bool = True
+    batch_max_images: int = 256
+    batch_wait_s: float = 0.002
+    queue_max_images: int = 4096
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
     )
+    batchers: dict[str, DynamicBatcher] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelPool:
@@ -80,11 +86,32 @@ class ModelPool:
         hosts = {
             m.name: ModelHost.load(m, device, settings.allow_download) for m in settings.models
         }
-        return cls(hosts, settings.default_model)
+        return cls(hosts, settings.default_model, batching=settings.batching,
+                   batch_max_images=settings.batch_max_images,
+                   batch_wait_s=settings.batch_wait_ms / 1000,
+                   queue_max_images=settings.queue_max_images)
+
+    def batcher(self, host: ModelHost) -> DynamicBatcher:
+        batcher = self.batchers.get(host.name)
+        if batcher is None:
+            batcher = DynamicBatcher(host.forward, self.executor,
+                                     max_images=self.batch_max_images,
+                                     max_wait_s=self.batch_wait_s,
+                                     max_queue=self.queue_max_images)
+            self.batchers[host.name] = batcher
+        return batcher
 
     async def predict(self, host: ModelHost, images: np.ndarray) -> np.ndarray:
+        """Defended probabilities, from a shared forward pass when batching is on."""
+        if self.batching:
+            return await self.batcher(host).submit(images)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, host.forward, images)
+
+    async def aclose(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.close()
+        self.close()
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

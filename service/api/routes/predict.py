@@ -22,6 +22,7 @@ from service.codec import (
     validate_images,
 )
 from service.errors import ApiError, error_responses
+from service.batching import Overloaded
 from service.inference import ModelHost
 from service.metrics import QUERIES_ANSWERED, QUERIES_UNCOUNTED
 
@@ -170,9 +171,11 @@ async def predict(
                        "counted", retry)
     try:
         probs = await runtime.pool.predict(host, images)
-    except BaseException:
+    except BaseException as exc:
         if charge is not None:
             await refund(runtime, caller, host.name, n)
+        if isinstance(exc, Overloaded):
+            raise ApiError(503, "overloaded", str(exc), retry) from None
         raise
     QUERIES_ANSWERED.labels(host.name, host.settings.defense.kind).inc(n)
     if charge is None:
