@@ -13,6 +13,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Protocol
 
+MAX_BUDGET = 2**53  # budgets are exact integers in Redis' Lua (double precision)
+
 
 class CounterUnavailable(RuntimeError):
     """The counter's backend cannot be reached; nothing was counted."""

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.accounting import MAX_BUDGET
+
 
 class DefenseSettings(BaseModel):
     """The defense in front of one model."""
@@ -108,7 +110,7 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="caller -> query budget; keys are caller ids (key:NAME, addr:IP) or bare names",
     )
-    default_budget: int | None = Field(None, ge=0)
+    default_budget: int | None = Field(None, ge=0, le=MAX_BUDGET)
     fail_open: bool = Field(False, description="answer uncounted when the counter is down")
     trusted_proxies: list[str] = Field(default_factory=list)
     retry_after_s: int = Field(1, ge=1)
@@ -124,8 +126,8 @@ class Settings(BaseSettings):
     @field_validator("budgets")
     @classmethod
     def _budgets_not_negative(cls, value: dict[str, int]) -> dict[str, int]:
-        if any(budget < 0 for budget in value.values()):
-            raise ValueError("budgets must be >= 0")
+        if any(not 0 <= budget <= MAX_BUDGET for budget in value.values()):
+            raise ValueError(f"budgets must be in [0, {MAX_BUDGET}]")
         return value
 
     @model_validator(mode="after")

@@ -53,7 +53,8 @@ else
 end
 local b = -1
 if budget ~= '' then b = tonumber(budget) end
-redis.call('SET', KEYS[4], allowed .. ',' .. used .. ',' .. b, 'EX', tonumber(ARGV[5]))
+redis.call('SET', KEYS[4], string.format('%d,%d,%d', allowed, used, b), 'EX',
+           tonumber(ARGV[5]))
 return {allowed, used, b}
 """
 

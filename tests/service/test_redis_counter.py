@@ -141,6 +141,10 @@ def test_a_retried_charge_counts_once(redis_server: RedisProcess) -> None:
         assert first == again and first.allowed
         assert await counter.usage("key:t") == {"m": 4}
         assert not (await counter.charge_with_token("key:t", "m", 4, 5, "token-2")).allowed
+        huge = 2**53  # the largest budget allowed: still exact through the Lua script
+        for _ in range(2):
+            big = await counter.charge_with_token("key:big", "m", 3, huge, "token-3")
+            assert (big.allowed, big.used, big.budget) == (True, 3, huge)
         await counter.close()
 
     run(body)

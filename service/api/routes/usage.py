@@ -12,7 +12,7 @@ from typing import Annotated, Literal, TypeVar
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.accounting import CounterUnavailable
+from service.accounting import MAX_BUDGET, CounterUnavailable
 from service.api.deps import AdminDep, CallerDep, Runtime, RuntimeDep
 from service.errors import ApiError, error_responses
 
@@ -47,7 +47,8 @@ class UsageList(BaseModel):
 class BudgetUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    budget: int | None = Field(ge=0, description="images the caller may be answered; null clears")
+    budget: int | None = Field(ge=0, le=MAX_BUDGET,
+                               description="images the caller may be answered; null clears")
 
 
 async def counted(call: Awaitable[T], runtime: Runtime) -> T:
