@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     # inference
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = Field(0, ge=0, description="intra-op threads; 0 = all cores")
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp32", description="autocast the model (fp16: CUDA only); noise stays fp32")
     allow_download: bool = Field(False, description="let torchvision download missing weights")
     max_batch: int = Field(256, ge=1, description="most images in one request")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)

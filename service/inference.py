@@ -42,24 +42,38 @@ class ModelHost:
     network: nn.Module
     defense: Defense
     device: torch.device
+    precision: str = "fp32"
 
     @classmethod
-    def load(cls, settings: ModelSettings, device: torch.device, allow_download: bool) -> ModelHost:
+    def load(cls, settings: ModelSettings, device: torch.device, allow_download: bool,
+             precision: str = "fp32") -> ModelHost:
         spec = get_spec(settings.zoo_name)
         network = spec.build(settings.weights, allow_download=allow_download).to(device)
         log.info("loaded %s (%s) on %s behind %s", settings.name, spec.name, device,
                  settings.defense.kind)
-        return cls(settings.name, spec, settings, network, build_defense(settings.defense), device)
+        if precision == "fp16" and device.type != "cuda":
+            raise ValueError("precision fp16 needs CUDA; use bf16 on the CPU")
+        return cls(settings.name, spec, settings, network, build_defense(settings.defense), device,
+                   precision)
 
     @property
     def output_modes(self) -> tuple[str, ...]:
         return ("label",) if self.settings.label_only else ("scores", "label")
 
     def forward(self, images: np.ndarray) -> np.ndarray:
-        """Softmax probabilities ``(N, classes)`` of the defended model for [0, 1] images."""
+        """Softmax probabilities ``(N, classes)`` of the defended model for [0, 1] images.
+
+        The defense runs in float32 pixel space before any autocast. Under fp16/bf16 the first
+        convolution still sees the noisy input rounded to 16 bits (bf16 resolves ~0.016 near 2
+        after normalization), so very small σ (≤ 0.001) is partly quantized: keep fp32 there."""
         with torch.inference_mode():
-            x = torch.from_numpy(images).to(self.device, non_blocking=True)
-            logits = self.network(self.defense(x))
+            x = torch.from_numpy(images)
+            if self.device.type == "cuda":
+                x = x.pin_memory().to(self.device, non_blocking=True)
+            x = self.defense(x)
+            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+            with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+                logits = self.network(x)
             return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
 
@@ -84,7 +98,8 @@ class ModelPool:
         torch.set_num_threads(threads)
         device = select_device(settings.device)
         hosts = {
-            m.name: ModelHost.load(m, device, settings.allow_download) for m in settings.models
+            m.name: ModelHost.load(m, device, settings.allow_download, settings.precision)
+            for m in settings.models
         }
         return cls(hosts, settings.default_model, batching=settings.batching,
                    batch_max_images=settings.batch_max_images,

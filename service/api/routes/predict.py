@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from service.accounting import Charge, CounterUnavailable
 from service.api.deps import CallerDep, Runtime, RuntimeDep
+from service.batching import Overloaded
 from service.codec import (
     JSON_TYPES,
     NPY_TYPES,
@@ -22,7 +23,6 @@ from service.codec import (
     validate_images,
 )
 from service.errors import ApiError, error_responses
-from service.batching import Overloaded
 from service.inference import ModelHost
 from service.metrics import QUERIES_ANSWERED, QUERIES_UNCOUNTED
 

@@ -116,3 +116,23 @@ def test_sigma_zero_snd_equals_the_undefended_model() -> None:
     noisy = ModelHost.load(ModelSettings(defense={"kind": "snd", "sigma": 0.01}), device, False)
     np.testing.assert_array_equal(plain.forward(x), zero.forward(x))
     assert not np.array_equal(plain.forward(x), noisy.forward(x))
+
+
+def test_bf16_autocast_keeps_the_answers() -> None:
+    """The reduced-precision path (CUDA fp16/bf16; bf16 checked here on the CPU) answers like
+    fp32, and the noise still reaches the model (answers to one query differ)."""
+    from service.datasets import mnist_subset
+
+    test = mnist_subset("test")
+    x, y = test.images[:200], test.labels[:200]
+    device = torch.device("cpu")
+    fp32 = ModelHost.load(ModelSettings(defense={"kind": "none"}), device, False)
+    bf16 = ModelHost.load(ModelSettings(defense={"kind": "none"}), device, False, "bf16")
+    a, b = fp32.forward(x), bf16.forward(x)
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.98
+    assert np.abs(a - b).max() < 0.1 and (b.argmax(1) == y).mean() >= 0.95
+    tiny = ModelHost.load(ModelSettings(defense={"kind": "snd", "sigma": 0.01}), device, False,
+                          "bf16")
+    assert not np.array_equal(tiny.forward(x[:4]), tiny.forward(x[:4]))
+    with pytest.raises(ValueError, match="CUDA"):
+        ModelHost.load(ModelSettings(), device, False, "fp16")
