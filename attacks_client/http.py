@@ -57,6 +57,7 @@ class HttpOracle:
         max_batch: int | None = None,
         timeout: float = 60.0,
         retries: int = 5,
+        verify: bool = True,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         if output not in ("label", "scores"):
@@ -81,6 +82,8 @@ class HttpOracle:
         if self.output == "scores" and "scores" not in self.outputs:
             self.close()
             raise ScoresUnavailable(f"model {self.model!r} answers labels only")
+        if verify:
+            self._verify_key()
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -132,6 +135,21 @@ class HttpOracle:
                 return info  # type: ignore[no-any-return]
         served = ", ".join(m["name"] for m in models)
         raise OracleError(f"unknown model {model!r} at {self.url}; served: {served}")
+
+    def _verify_key(self) -> None:
+        """Check the API key up front at no cost: an empty batch passes authentication and is
+        then refused (422, nothing counted); a refused key answers 401."""
+        buffer = io.BytesIO()
+        np.save(buffer, np.zeros((0, *self.input_shape), np.float32), allow_pickle=False)
+        try:
+            self._send("POST", "/predict", content=buffer.getvalue(),
+                       params={"model": self.model, "output": "label"},
+                       headers={"Content-Type": "application/x-npy"})
+        except OracleError as exc:
+            if "refused the API key" in str(exc):
+                self.close()
+                raise
+            log.debug("key check: %s", exc)
 
     def _predict(self, x: np.ndarray, output: OutputMode) -> tuple[np.ndarray, np.ndarray | None]:
         x = np.ascontiguousarray(x, dtype=np.float32)
