@@ -336,7 +336,7 @@ def _run(attack: Attack, data: ImageSet, args: argparse.Namespace) -> int:
                                   for q, v in zip(checkpoints, record["l2"], strict=True))
             progress.console.print(
                 f"image {sample.index} (label {sample.label}): {result.queries} queries, "
-                f"{result.stop_reason}; L2 at {trajectory}", highlight=False)
+                f"{result.stop_reason}; L2 at {trajectory}", highlight=False, soft_wrap=True)
     elapsed = time.perf_counter() - start
     attack_time = sum(r["wall_time"] for r in records)
     total_queries = sum(r["queries"] for r in records)
