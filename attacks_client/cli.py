@@ -120,6 +120,8 @@ for _name in ATTACK_NAMES:
     )
 
 
+from attacks_client import commands  # noqa: E402,F401  (registers evaluate, report, demo)
+
 # -- entry point --------------------------------------------------------------------------------
 
 

@@ -1,0 +1,44 @@
+"""The evaluate, report and demo sub-commands."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from attacks_client.cli import main
+from tests.servers import ROOT
+
+
+def test_demo_prints_both_rows(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "attacks_client", "demo", "--images", "2", "--budget", "300",
+         "--out", str(tmp_path / "demo")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "undefended" in out.stdout and "snd-0.01" in out.stdout
+    assert "hsja succeeded on" in out.stdout and "simba-dct succeeded on" in out.stdout
+    assert (tmp_path / "demo" / "records.jsonl").read_text().count("\n") == 2 * 2 * 2
+
+
+def test_evaluate_and_report_commands(tmp_path: Path) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        'name = "tiny"\nimages = 1\nbudget = 100\ncheckpoints = [50, 100]\n'
+        "epsilons = [1.5]\nprimary_epsilon = 1.5\naccuracy_repeats = 1\naccuracy_images = 50\n"
+        '[[endpoints]]\nname = "snd"\nserve = { defense = "snd", sigma = 0.01 }\n'
+        '[[attacks]]\nname = "hsja"\n')
+    out = tmp_path / "run"
+    assert main(["evaluate", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    assert (out / "report.md").exists()
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert "Table 1" in (out / "report.md").read_text()
+
+
+def test_clear_errors(tmp_path: Path) -> None:
+    assert main(["evaluate", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert main(["report", str(tmp_path)]) == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[endpoints]]\nname = "a"\nurl = "http://x"\n[[attacks]]\nname = "nope"\n')
+    assert main(["evaluate", "--config", str(bad)]) == 2
