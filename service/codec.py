@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -54,13 +55,15 @@ def parse_output(value: Any) -> OutputMode | None:
     return value  # type: ignore[no-any-return]
 
 
+SHAPE_PATTERN = re.compile(r"[0-9]{1,12}(?:[,x][0-9]{1,12})*")
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
-    except ValueError:
-        raise bad_request(f"shape must be comma-separated integers, got {text!r}",
-                          "bad_shape") from None
-    if any(d < 0 for d in shape) or len(shape) > 8:
+    """``N,C,H,W`` (or ``NxCxHxW``): ASCII digits only, so no signs, ``_`` or other scripts."""
+    if not SHAPE_PATTERN.fullmatch(text.strip()):
+        raise bad_request(f"shape must be comma-separated integers, got {text!r}", "bad_shape")
+    shape = tuple(int(part) for part in text.strip().replace("x", ",").split(","))
+    if len(shape) > 8:
         raise bad_request(f"shape {text!r} is not a valid array shape", "bad_shape")
     return shape
 
@@ -72,6 +75,8 @@ def _reject_constant(token: str) -> float:
 def decode_json(body: bytes) -> DecodedRequest:
     try:
         payload = json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise bad_request("JSON is nested too deeply", "malformed_json") from None
     except (ValueError, UnicodeDecodeError) as exc:
         message = str(exc) if "pixel value" in str(exc) else "body is not valid JSON"
         code = "non_finite" if "pixel value" in str(exc) else "malformed_json"
@@ -90,31 +95,57 @@ def decode_json(body: bytes) -> DecodedRequest:
     inputs = payload["inputs"]
     if not isinstance(inputs, list):
         raise invalid("inputs must be a nested list (N, C, H, W)", "invalid_request")
+    return DecodedRequest(json_pixels(inputs), model, parse_output(payload.get("output")))
+
+
+def json_pixels(inputs: list[Any]) -> np.ndarray:
+    """The nested list as float32, refusing what numpy would quietly coerce: booleans
+    (``true`` -> 1.0), numeric strings (``"0.5"``), ``null`` (NaN) and ragged lists."""
     try:
-        images = np.array(inputs, dtype=np.float32)
-    except (ValueError, TypeError):
+        cells = np.array(inputs, dtype=object)
+    except (ValueError, TypeError, RecursionError):
         raise invalid("inputs must be a rectangular nested list of numbers", "bad_array") from None
-    if images.dtype != np.float32 or _has_bools(inputs):
-        raise invalid("inputs must be numbers", "bad_array")
-    return DecodedRequest(images, model, parse_output(payload.get("output")))
+    kinds = set(map(type, cells.ravel().tolist()))
+    if not kinds <= {int, float}:
+        if kinds & {list, dict}:
+            raise invalid("inputs must be a rectangular nested list of numbers", "bad_array")
+        raise invalid("inputs must be numbers (not booleans, strings or null)", "bad_array")
+    try:
+        return cells.astype(np.float32)
+    except OverflowError:  # an integer beyond any float
+        raise invalid("pixel values must lie in [0, 1]", "out_of_range") from None
 
 
-def _has_bools(value: Any) -> bool:
-    """True if a (shallowly probed) nested list holds booleans, which numpy would accept."""
-    while isinstance(value, list) and value:
-        value = value[0]
-    return isinstance(value, bool)
+NPY_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
 
 
 def decode_npy(body: bytes) -> np.ndarray:
+    """A float32 ``.npy`` array. The header is checked before any data is touched: no pickles
+    (object dtypes are refused, never loaded) and no allocation of a size only the header
+    claims; the data must be exactly as long as the header says."""
+    stream = io.BytesIO(body)
     try:
-        array = np.load(io.BytesIO(body), allow_pickle=False)
+        version = np.lib.format.read_magic(stream)
+        shape, fortran_order, dtype = NPY_HEADER_READERS[version](stream)
     except Exception:
         raise bad_request("body is not a valid .npy array", "malformed_npy") from None
-    if not isinstance(array, np.ndarray):
-        raise bad_request("body is not a single .npy array", "malformed_npy")
-    if array.dtype.kind != "f" or array.dtype.itemsize != 4:
-        raise invalid(f"dtype must be float32, got {array.dtype}", "bad_dtype")
+    if dtype.hasobject or dtype.kind != "f" or dtype.itemsize != 4:
+        raise invalid(f"dtype must be float32, got {dtype}", "bad_dtype")
+    offset = stream.tell()
+    count = math.prod(shape)
+    if len(body) - offset != count * dtype.itemsize:
+        raise bad_request(
+            f".npy data has {len(body) - offset} bytes but its header's shape {shape} needs "
+            f"{count * dtype.itemsize}", "malformed_npy")
+    try:
+        array = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
+        array = array.reshape(shape, order="F" if fortran_order else "C")
+    except ValueError:  # e.g. zero images with dimensions beyond numpy's limits
+        raise bad_request(f".npy shape {shape} is not a valid array shape",
+                          "malformed_npy") from None
     return array.astype(np.float32, copy=False)
 
 
@@ -129,7 +160,10 @@ def decode_raw(body: bytes, shape_text: str | None) -> np.ndarray:
             f"body has {len(body)} bytes but shape {shape} needs {expected} (float32)",
             "shape_mismatch",
         )
-    return np.frombuffer(body, dtype="<f4").reshape(shape)
+    try:
+        return np.frombuffer(body, dtype="<f4").reshape(shape)
+    except ValueError:  # e.g. an empty body with dimensions beyond numpy's limits
+        raise bad_request(f"shape {shape} is not a valid array shape", "bad_shape") from None
 
 
 def validate_images(

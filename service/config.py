@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     batch_max_images: int = Field(256, ge=1, description="most images in one forward pass")
     batch_wait_ms: float = Field(2.0, ge=0.0, description="how long a pass waits for company")
     queue_max_images: int = Field(4096, ge=1, description="queued images before 503")
+    request_timeout_s: float = Field(
+        30.0, gt=0.0, description="longest wait for a model answer before 504 (refunded)"
+    )
 
     # accounting and auth
     redis_url: str | None = Field(None, description="redis://...; unset = in-memory counter")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ from service.codec import (
     decode_npy,
     decode_raw,
     parse_output,
+    parse_shape,
     validate_images,
 )
 from service.errors import ApiError, error_responses
@@ -43,11 +45,15 @@ PREDICT_BODY = {
                         "inputs": {
                             "type": "array",
                             "description": "images (N, C, H, W), float pixels in [0, 1]",
-                            "items": {"type": "array", "items": {"type": "array", "items": {
-                                "type": "array", "items": {"type": "number"}}}},
+                            "minItems": 1,
+                            "items": {"type": "array", "minItems": 1, "items": {
+                                "type": "array", "minItems": 1, "items": {
+                                    "type": "array", "minItems": 1, "items": {
+                                        "type": "number", "minimum": 0, "maximum": 1}}}},
                         },
                         "output": {"type": "string", "enum": ["scores", "label"]},
                     },
+                    "additionalProperties": False,
                 }
             },
             "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
@@ -103,7 +109,13 @@ async def decode(
         if output is not None:
             decoded = DecodedRequest(decoded.images, decoded.model, parse_output(output))
         return decoded
-    images = decode_npy(body) if content_type in NPY_TYPES else decode_raw(body, shape)
+    if content_type in NPY_TYPES:
+        images = decode_npy(body)
+        if shape and parse_shape(shape) != images.shape:
+            raise ApiError(400, "shape_mismatch", f"the stated shape {shape!r} disagrees with "
+                           f"the .npy array's {images.shape}")
+    else:
+        images = decode_raw(body, shape)
     return DecodedRequest(images, model, parse_output(output))
 
 
@@ -131,7 +143,7 @@ def resolve_host(runtime: Runtime, name: str | None) -> ModelHost:
     openapi_extra=PREDICT_BODY,
     responses={
         200: {"content": {"application/json": {"schema": PREDICT_RESPONSE}}},
-        **error_responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
+        **error_responses(400, 401, 403, 404, 413, 415, 422, 429, 503, 504),
     },
 )
 async def predict(
@@ -170,12 +182,17 @@ async def predict(
                        f"batch: {charge.used} used, this batch of {n} was refused and not "
                        "counted", retry)
     try:
-        probs = await runtime.pool.predict(host, images)
+        # on timeout the wait is cancelled (queued work may still run) and the charge refunded
+        probs = await asyncio.wait_for(runtime.pool.predict(host, images),
+                                       settings.request_timeout_s)
     except BaseException as exc:
         if charge is not None:
             await refund(runtime, caller, host.name, n)
         if isinstance(exc, Overloaded):
             raise ApiError(503, "overloaded", str(exc), retry) from None
+        if isinstance(exc, TimeoutError):
+            raise ApiError(504, "timeout", f"no answer within {settings.request_timeout_s} s; "
+                           "this request was not counted", retry) from None
         raise
     QUERIES_ANSWERED.labels(host.name, host.settings.defense.kind).inc(n)
     if charge is None:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable
 from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.accounting import MAX_BUDGET, CounterUnavailable
 from service.api.deps import AdminDep, CallerDep, Runtime, RuntimeDep
@@ -49,6 +49,15 @@ class BudgetUpdate(BaseModel):
 
     budget: int | None = Field(ge=0, le=MAX_BUDGET,
                                description="images the caller may be answered; null clears")
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _json_integer(cls, value: object) -> object:
+        """A JSON integer (``5`` or ``5.0``) or null; not ``true`` or ``"5"``, which pydantic
+        would otherwise coerce."""
+        if isinstance(value, bool | str):
+            raise ValueError("budget must be an integer or null")
+        return value
 
 
 async def counted(call: Awaitable[T], runtime: Runtime) -> T:
@@ -108,7 +117,7 @@ async def reset_usage(runtime: RuntimeDep, _: AdminDep, caller: CallerPath) -> C
 
 @router.put("/usage/{caller}/budget", response_model=CallerUsage,
             summary="Set (or clear, with null) a caller's budget; overrides the settings (admin)",
-            responses=ADMIN_ERRORS)
+            responses=error_responses(400, 401, 403, 422, 503))
 async def set_budget(
     runtime: RuntimeDep, _: AdminDep, caller: CallerPath, update: BudgetUpdate
 ) -> CallerUsage:
