@@ -291,8 +291,13 @@ def evaluate(experiment: Experiment, out_dir: Path, *, workers: int = 1,
     (out_dir / "experiment.json").write_text(json.dumps(_describe(experiment), indent=1))
     with ExitStack() as stack:
         urls = {}
+        shared = (stack.enter_context(LocalService(experiment.serve)).url
+                  if experiment.serve is not None else None)
         for endpoint in experiment.endpoints:
-            if endpoint.serve is not None:
+            if endpoint.url is None and endpoint.serve is None:
+                assert shared is not None
+                urls[endpoint.name] = shared
+            elif endpoint.serve is not None:
                 urls[endpoint.name] = stack.enter_context(LocalService(endpoint.serve)).url
             else:
                 assert endpoint.url is not None
@@ -310,6 +315,7 @@ def _describe(experiment: Experiment) -> dict[str, Any]:
         "eval_draws": experiment.eval_draws, "dataset": experiment.dataset,
         "endpoints": [{"name": e.name, "serve": e.serve, "url": e.url, "model": e.model}
                       for e in experiment.endpoints],
+        "serve": experiment.serve,
         "attacks": [{"key": a.key, "name": a.name, "repeat": a.repeat, "params": a.params}
                     for a in experiment.attacks],
         "reference": experiment.reference.name,

@@ -17,6 +17,10 @@ url = "http://127.0.0.1:8000"   # or: serve = { defense = "none" } to start one 
 model = "resnet20-mnist"
 api_key_env = "ATTACKER_KEY"    # attacker identity; eval_api_key_env for the evaluator
 
+# Or one local server for every endpoint without url/serve (endpoints pick its models):
+# [serve]
+# models = [{ name = "none", zoo = "resnet20-mnist", defense = { kind = "none" } }, ...]
+
 [[attacks]]
 name = "hsja"
 repeat = 1                       # T of the adaptive attack
@@ -57,8 +61,8 @@ class EndpointConfig:
                     raise ValueError(f"endpoint {raw.get('name')!r}: ${env} is not set")
                 raw[key] = os.environ[env]
         endpoint = cls(**raw)
-        if (endpoint.url is None) == (endpoint.serve is None):
-            raise ValueError(f"endpoint {endpoint.name!r} needs exactly one of 'url' or 'serve'")
+        if endpoint.url is not None and endpoint.serve is not None:
+            raise ValueError(f"endpoint {endpoint.name!r} takes 'url' or 'serve', not both")
         return endpoint
 
 
@@ -112,6 +116,7 @@ class Experiment:
     accuracy_repeats: int = 5
     accuracy_images: int | None = None
     pmis_samples: int = 200
+    serve: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Experiment:
@@ -145,6 +150,10 @@ class Experiment:
             raise ValueError("images, budget and eval_draws must be >= 1")
         if self.primary_epsilon not in self.epsilons:
             raise ValueError("primary_epsilon must be one of epsilons")
+        for endpoint in self.endpoints:
+            if endpoint.url is None and endpoint.serve is None and self.serve is None:
+                raise ValueError(f"endpoint {endpoint.name!r} needs 'url' or 'serve' (or a "
+                                 "top-level [serve] table for one shared local server)")
 
     @property
     def budget_checkpoints(self) -> tuple[int, ...]:

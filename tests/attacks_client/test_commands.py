@@ -26,7 +26,9 @@ def test_evaluate_and_report_commands(tmp_path: Path) -> None:
     config.write_text(
         'name = "tiny"\nimages = 1\nbudget = 100\ncheckpoints = [50, 100]\n'
         "epsilons = [1.5]\nprimary_epsilon = 1.5\naccuracy_repeats = 1\naccuracy_images = 50\n"
-        '[[endpoints]]\nname = "snd"\nserve = { defense = "snd", sigma = 0.01 }\n'
+        '[serve]\nmodels = [{ name = "m-snd", zoo = "resnet20-mnist", '
+        'defense = { kind = "snd", sigma = 0.01 } }]\n'
+        '[[endpoints]]\nname = "snd"\nmodel = "m-snd"\n'
         '[[attacks]]\nname = "hsja"\n')
     out = tmp_path / "run"
     assert main(["evaluate", "--config", str(config), "--out", str(out), "--quiet"]) == 0

@@ -141,3 +141,7 @@ def test_experiment_toml_is_validated(tmp_path: Path) -> None:
     path.write_text('[[endpoints]]\nname = "a"\n[[attacks]]\nname = "hsja"\n')
     with pytest.raises(ValueError, match="url"):
         Experiment.load(path)
+    path.write_text('[serve]\ndefense = "none"\n[[endpoints]]\nname = "a"\n'
+                    '[[attacks]]\nname = "hsja"\nrepeat = 5\n')
+    experiment = Experiment.load(path)
+    assert experiment.serve == {"defense": "none"} and experiment.attacks[0].key == "hsja (T=5)"
