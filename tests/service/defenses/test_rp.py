@@ -8,9 +8,9 @@ import torch
 from pydantic import ValidationError
 
 from service.config import DefenseSettings, ModelSettings
-from service.datasets import mnist_subset
 from service.defenses import RandomResizePad, build_defense
 from service.inference import ModelHost
+from tests.service.cached_data import mnist_test_split
 
 
 def test_output_is_the_canvas_with_the_image_inside_and_zero_padding() -> None:
@@ -77,7 +77,7 @@ def test_settings_build_rp() -> None:
 def test_resnet20_behind_rp_keeps_its_accuracy() -> None:
     """The model is fully convolutional with global pooling: it takes the 31x31 canvas."""
     host = ModelHost.load(ModelSettings(defense={"kind": "rp"}), torch.device("cpu"), False)
-    test = mnist_subset("test")
+    test = mnist_test_split()
     probs = host.forward(test.images[:200])
     assert probs.shape == (200, 10)
     assert float((probs.argmax(1) == test.labels[:200]).mean()) >= 0.95
