@@ -1,7 +1,7 @@
 """Servers for the attack-client tests: real uvicorn subprocesses (see ``tests/servers.py``).
 
-* ``plain_server``: resnet20-mnist, no defense, open (counted per client address);
-* ``keyed_server``: API keys, per-caller budgets, and a second, label-only model;
+* ``keyed_server``: resnet20-mnist without defense behind API keys, per-caller budgets, and a
+  second, label-only copy of the model;
 * ``snd_server`` (``tests/conftest.py``): SND σ = 0.01, open.
 """
 
@@ -22,6 +22,7 @@ KEYS = {
     "budget-key": "budgeted",
     "mode-key": "modes",
     "cli-key": "cli",
+    "attack-key": "attacker",
     "eval-key": "evaluator",
 }
 BUDGETS = {"budgeted": 50}
@@ -30,12 +31,6 @@ LABEL_ONLY_MODEL = "mnist-labels"
 
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-@pytest.fixture(scope="session")
-def plain_server() -> Iterator[ServiceProcess]:
-    with ServiceProcess({"defense": "none"}) as server:
-        yield server
 
 
 @pytest.fixture(scope="session")
