@@ -14,6 +14,7 @@ dataset = "embedded"        # or a local CIFAR-10 batch directory, or an .npz fi
 [[endpoints]]
 name = "none"
 url = "http://127.0.0.1:8000"   # or: serve = { defense = "none" } to start one locally
+                                # or: url_env = "UNDEFENDED_URL" (read from the environment)
 model = "resnet20-mnist"
 api_key_env = "ATTACKER_KEY"    # attacker identity; eval_api_key_env for the evaluator
 
@@ -54,7 +55,9 @@ class EndpointConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> EndpointConfig:
         raw = dict(raw)
-        for key in ("api_key", "eval_api_key"):
+        if "url" in raw and "url_env" in raw:
+            raise ValueError(f"endpoint {raw.get('name')!r} takes 'url' or 'url_env', not both")
+        for key in ("url", "api_key", "eval_api_key"):
             env = raw.pop(key + "_env", None)
             if env is not None:
                 if env not in os.environ:
