@@ -90,3 +90,19 @@ def test_attack_run_writes_records(
         assert record["misclassified"][-1]  # undefended: the candidate is adversarial
     shown = capsys.readouterr().out
     assert "success ε=2" in shown and "queries/s" in shown
+
+
+def test_repeat_charges_t_queries_per_logical_query(
+    keyed_server: ServiceProcess, tmp_path: Path
+) -> None:
+    output = tmp_path / "repeat.jsonl"
+    status = main([
+        "boundary", "--url", keyed_server.url, "--api-key", "cli-key", "--images", "1",
+        "--budget", "300", "--repeat", "3", "--eval-draws", "1", "--output", str(output),
+        "--quiet", "--trajectory-stride", "1",
+    ])
+    assert status == 0
+    (record,) = [json.loads(line) for line in output.read_text().splitlines()]
+    assert record["repeat"] == 3
+    assert record["queries"] <= 300 and record["queries"] % 3 == 0
+    assert len(record["query_l2"]) == record["queries"]  # one entry per real query
