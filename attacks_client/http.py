@@ -109,8 +109,8 @@ class HttpOracle:
         return None if self.budget is None else self.budget - self.queries
 
     def labels(self, x: np.ndarray) -> np.ndarray:
-        """Top-1 labels ``(N,)``; costs N queries (in either output mode)."""
-        labels, _ = self._predict(x, self.output)
+        """Top-1 labels ``(N,)``; costs N queries (asked as ``output=label`` in either mode)."""
+        labels, _ = self._predict(x, "label")
         return labels
 
     def scores(self, x: np.ndarray) -> np.ndarray:
@@ -158,6 +158,8 @@ class HttpOracle:
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"batch shape {x.shape} does not match (N, *{self.input_shape})")
         n = len(x)
+        if n == 0:
+            return np.zeros(0, np.int64), np.zeros((0, self.num_classes), np.float32)
         if self.budget is not None and self.queries + n > self.budget:
             raise BudgetExhausted(f"{n} queries asked, {self.budget - self.queries} left")
         labels, scores = [], []
