@@ -187,22 +187,49 @@ class Evaluation:
         return chosen
 
     def clean_accuracy(self, data: ImageSet) -> None:
-        """Table 1: accuracy of every endpoint on the test images, ``accuracy_repeats`` passes."""
+        """Table 1 and the clean-image statistics of Sec. 4.2, per endpoint: accuracy over
+        ``accuracy_repeats`` passes of the test images, P_mis on clean images (answers that
+        differ from the reference endpoint's), and σ̂ = the std of the margin loss under the
+        endpoint's noise (``sigma_hat_draws`` draws of ``sigma_hat_images`` images; needs
+        scores)."""
         path = self.out_dir / ACCURACY
         done = {json.loads(line)["endpoint"] for line in _lines(path)}
+        todo = [e for e in self.experiment.endpoints if e.name not in done]
+        if not todo:
+            return
         limit = self.experiment.accuracy_images or len(data)
-        for endpoint in self.experiment.endpoints:
-            if endpoint.name in done:
-                continue
+        images, labels = data.images[:limit], data.labels[:limit]
+        with self.oracle(self.experiment.reference, evaluator=True) as reference:
+            clean = reference.labels(images)
+        for endpoint in todo:
             with self.oracle(endpoint, evaluator=True) as oracle:
-                accuracies = []
+                accuracies, mismatch = [], []
                 for _ in range(self.experiment.accuracy_repeats):
-                    labels = oracle.labels(data.images[:limit])
-                    accuracies.append(float((labels == data.labels[:limit]).mean()))
+                    answers = oracle.labels(images)
+                    accuracies.append(float((answers == labels).mean()))
+                    mismatch.append(float((answers != clean).mean()))
                 record = {"endpoint": endpoint.name, "accuracies": accuracies, "images": limit,
-                          "defense": oracle.defense}
+                          "clean_p_mis": float(np.mean(mismatch)), "defense": oracle.defense,
+                          "sigma_hat": self.sigma_hat(endpoint, oracle, images, labels)}
             with path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
+
+    def sigma_hat(self, endpoint: EndpointConfig, oracle: HttpOracle, images: np.ndarray,
+                  labels: np.ndarray) -> float | None:
+        """Mean over images of the std, over noise draws, of the margin loss
+        log p_y - max_{j != y} log p_j (paper Sec. 4.2: σ̂ = sqrt(Var[l(x + η)]))."""
+        n, draws = self.experiment.sigma_hat_images, self.experiment.sigma_hat_draws
+        if n == 0 or "scores" not in oracle.outputs:
+            return None
+        with self.oracle(endpoint, evaluator=True, scores=True) as scoring:
+            probs = scoring.scores(np.repeat(images[:n], draws, axis=0))
+        logp = np.log(np.clip(probs, 1e-30, None)).reshape(n, draws, -1)
+        y = labels[:n]
+        true = logp[np.arange(n), :, y]
+        others = logp.copy()
+        others[np.arange(n), :, y] = -np.inf
+        margin = true - others.max(axis=2)
+        return float(margin.std(axis=1).mean())
 
     # -- attacks ------------------------------------------------------------------------------
 

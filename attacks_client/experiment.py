@@ -119,6 +119,8 @@ class Experiment:
     accuracy_repeats: int = 5
     accuracy_images: int | None = None
     pmis_samples: int = 200
+    sigma_hat_images: int = 100
+    sigma_hat_draws: int = 100
     serve: dict[str, Any] | None = None
 
     @classmethod

@@ -141,13 +141,18 @@ class Report:
         rows, csv_rows = [], []
         for row in self.run.accuracy:
             acc = np.array(row["accuracies"]) * 100
+            clean_p_mis, sigma_hat = row.get("clean_p_mis"), row.get("sigma_hat")
             rows.append([row["endpoint"], describe_defense(row.get("defense") or {}),
-                         f"{acc.mean():.2f} ± {acc.std():.2f}", str(len(acc)), str(row["images"])])
-            csv_rows.append([row["endpoint"], acc.mean(), acc.std(), len(acc), row["images"]])
+                         f"{acc.mean():.2f} ± {acc.std():.2f}", str(len(acc)), str(row["images"]),
+                         "–" if clean_p_mis is None else f"{clean_p_mis:.4f}",
+                         "–" if sigma_hat is None else f"{sigma_hat:.4f}"])
+            csv_rows.append([row["endpoint"], acc.mean(), acc.std(), len(acc), row["images"],
+                             clean_p_mis, sigma_hat])
         write_csv(self.tables / "table1_clean_accuracy.csv",
-                  ["endpoint", "accuracy_mean", "accuracy_std", "repeats", "images"], csv_rows)
-        return markdown_table(["Endpoint", "Defense", "Clean accuracy (%)", "Repeats", "Images"],
-                              rows)
+                  ["endpoint", "accuracy_mean", "accuracy_std", "repeats", "images",
+                   "clean_p_mis", "sigma_hat"], csv_rows)
+        return markdown_table(["Endpoint", "Defense", "Clean accuracy (%)", "Repeats", "Images",
+                               "P_mis on clean images", "σ̂ (margin-loss std)"], rows)
 
     def success_table(self, attacks: list[dict[str, Any]], epsilon: float, name: str) -> str:
         header = ["Endpoint"] + [f"{a['key']} {short(q)}" for a in attacks

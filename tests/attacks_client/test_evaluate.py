@@ -46,7 +46,7 @@ def small_grid(servers: dict[str, ServiceProcess], images: int = 2) -> Experimen
         attacks=(AttackConfig(name="hsja"), AttackConfig(name="simba-dct")),
         images=images, budget=200, checkpoints=(100, 200), epsilons=(1.5, 3.0),
         primary_epsilon=1.5, eval_draws=5, accuracy_repeats=2, accuracy_images=100,
-        pmis_samples=50,
+        pmis_samples=50, sigma_hat_images=5, sigma_hat_draws=10,
     )
 
 
@@ -85,13 +85,16 @@ def test_small_grid_end_to_end(keyed_servers: dict[str, ServiceProcess], tmp_pat
         judged = sum(r["judge_queries"] for r in mine)
         assert judged > 0  # success is judged on the attacked (defended) endpoint itself
         selection_and_pmis = 0 if name == "snd" else None
-        accuracy = 2 * 100
+        accuracy = 2 * 100 + 5 * 10  # 2 passes of 100 images, σ̂ from 10 draws of 5 images
         if selection_and_pmis is not None:
             assert evaluator == accuracy + judged
         else:  # the reference endpoint also picks the images and answers h(x) for P_mis
             assert evaluator > accuracy + judged
     # P_mis: zero on the deterministic model, measured on the defended one
     assert all(r["p_mis"]["mismatches"] == 0 for r in rows if r["endpoint"] == "none")
+    clean = {r["endpoint"]: r for r in map(json.loads, (tmp_path / "accuracy.jsonl").open())}
+    assert clean["none"]["clean_p_mis"] == 0 and clean["none"]["sigma_hat"] == 0
+    assert clean["snd"]["sigma_hat"] > 0  # the margin loss moves under σ = 0.01 noise
 
     path = report(tmp_path)
     text = path.read_text()
