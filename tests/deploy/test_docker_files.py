@@ -291,7 +291,8 @@ def test_dockerfile_installs_with_the_readme_script(dockerfile: list) -> None:
     """The image's install is ``scripts/install.sh``, the same script ``scripts/test.sh`` (the
     README's test command) runs; and it installs the CPU torch, without venv or test extras."""
     args = {k: v or "" for k, v in arg_defaults(dockerfile).items()}
-    docker_calls = [c for i in dockerfile if i.keyword == "RUN" for c in install_calls(i.args, args)]
+    docker_calls = [call for i in dockerfile if i.keyword == "RUN"
+                    for call in install_calls(i.args, args)]
     assert docker_calls, "the Dockerfile does not run scripts/install.sh"
     test_calls = install_calls((ROOT / "scripts/test.sh").read_text())
     assert len(test_calls) == 1
