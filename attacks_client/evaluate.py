@@ -236,8 +236,10 @@ class Evaluation:
     def jobs(self, images: list[int]) -> list[tuple[AttackConfig, EndpointConfig, int]]:
         records = map(json.loads, _lines(self.out_dir / RECORDS))
         done = {(r["attack"], r["endpoint"], r["image"]) for r in records}
-        return [(a, e, i) for a in self.experiment.attacks for e in self.experiment.endpoints
-                if a.runs_on(e.name) for i in images if (a.key, e.name, i) not in done]
+        # image-major: a run cut short still covers every attack and endpoint on its images
+        return [(a, e, i) for i in images for a in self.experiment.attacks
+                for e in self.experiment.endpoints
+                if a.runs_on(e.name) and (a.key, e.name, i) not in done]
 
     def run_job(self, attack: AttackConfig, endpoint: EndpointConfig, image: int,
                 data: ImageSet) -> dict[str, Any]:
