@@ -70,10 +70,19 @@ def start_all(*servers: ServiceProcess) -> None:
         list(pool.map(lambda server: server.start(), servers))
 
 
+MODEL = "resnet20-mnist"
+LABEL_ONLY = "mnist-label-only"
+
+
 @pytest.fixture(scope="session")
 def hardened(redis_server: RedisProcess) -> Iterator[ServiceProcess]:
-    """resnet20-mnist behind SND, API keys, an admin token, Redis, small batch and body limits."""
+    """resnet20-mnist behind SND, and the same network as a label-only model with σ hidden;
+    API keys, an admin token, Redis, small batch and body limits, debug logging."""
     settings = {
+        "log_level": "debug",
+        "models": [{"name": MODEL},
+                   {"name": LABEL_ONLY, "zoo": MODEL, "label_only": True,
+                    "hide_defense_params": True}],
         "redis_url": f"redis://127.0.0.1:{redis_server.port}/10",
         "api_keys": {sha256(secret): name for name, secret in KEYS.items()},
         "admin_token_sha256": sha256(ADMIN),
