@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -20,6 +22,11 @@ def configure_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the services this command started are stopped."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from attacks_client.evaluate import evaluate
     from attacks_client.experiment import Experiment
@@ -32,6 +39,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         raise CliError(f"{args.config}: {exc}") from None
     out = args.out or Path("runs") / experiment.name
+    exit_on_sigterm()
     evaluate(experiment, out, workers=args.workers, progress=not args.quiet)
     OUT.print(f"records: {out / 'records.jsonl'}")
     if not args.no_report:
@@ -64,6 +72,7 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from attacks_client.demo import run_demo as demo
 
+    exit_on_sigterm()
     demo(images=args.images, budget=args.budget, sigma=args.sigma, epsilon=args.epsilon,
          out_dir=args.out, workers=args.workers, console=OUT)
     return 0

@@ -218,7 +218,8 @@ class Evaluation:
                   labels: np.ndarray) -> float | None:
         """Mean over images of the std, over noise draws, of the margin loss
         log p_y - max_{j != y} log p_j (paper Sec. 4.2: σ̂ = sqrt(Var[l(x + η)]))."""
-        n, draws = self.experiment.sigma_hat_images, self.experiment.sigma_hat_draws
+        n = min(self.experiment.sigma_hat_images, len(images))
+        draws = self.experiment.sigma_hat_draws
         if n == 0 or "scores" not in oracle.outputs:
             return None
         with self.oracle(endpoint, evaluator=True, scores=True) as scoring:
@@ -296,7 +297,8 @@ class Evaluation:
         log.info("%d records to run (%d workers)", len(jobs), workers)
         bar = tqdm(total=len(jobs), desc=f"evaluate {self.experiment.name}", unit="run",
                    disable=not progress)
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        try:
             futures = {pool.submit(self.run_job, a, e, i, data): (a.key, e.name, i)
                        for a, e, i in jobs}
             for future in as_completed(futures):
@@ -304,6 +306,11 @@ class Evaluation:
                 self.write(record)
                 bar.update(1)
                 bar.set_postfix_str(f"{record['attack']}@{record['endpoint']}")
+        except BaseException:
+            # interrupted: drop queued jobs; running ones end when their server goes away
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         bar.close()
 
 

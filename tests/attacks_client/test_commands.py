@@ -44,3 +44,30 @@ def test_clear_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[[endpoints]]\nname = "a"\nurl = "http://x"\n[[attacks]]\nname = "nope"\n')
     assert main(["evaluate", "--config", str(bad)]) == 2
+
+
+def test_sigterm_stops_the_services_evaluate_started(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import psutil
+
+    config = tmp_path / "long.toml"
+    config.write_text(
+        'name = "long"\nimages = 2\nbudget = 100000\ncheckpoints = [1000]\nepsilons = [1.5]\n'
+        "primary_epsilon = 1.5\naccuracy_repeats = 1\naccuracy_images = 20\n"
+        '[[endpoints]]\nname = "snd"\nserve = { defense = "snd", sigma = 0.01 }\n'
+        '[[attacks]]\nname = "boundary"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "attacks_client", "evaluate", "--config",
+                             str(config), "--out", str(tmp_path / "run"), "--quiet"], cwd=ROOT)
+    deadline = time.monotonic() + 120
+    children: list[psutil.Process] = []
+    while time.monotonic() < deadline and not (tmp_path / "run" / "accuracy.jsonl").exists():
+        children = psutil.Process(proc.pid).children(recursive=True)
+        time.sleep(0.5)
+    assert children, "evaluate started no service"
+    time.sleep(2)  # the attack is running
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 143
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive
