@@ -61,15 +61,18 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
     }
 
 
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
 def allowed_methods(request: Request) -> str:
-    """Every method of every route on this path: Starlette's own ``Allow`` names only the
+    """Every method some route answers on this path: Starlette's own ``Allow`` names only the
     first route that matched the path (``GET /usage/{caller}`` but not its ``DELETE``)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return ", ".join(sorted(methods))
+    routes = request.app.router.routes
+    return ", ".join(
+        method for method in HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
+               for route in routes)
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
