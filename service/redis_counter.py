@@ -15,6 +15,7 @@ connection pool reconnects by itself on the next call once Redis is back.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -92,6 +93,10 @@ class RedisCounter:
         self._charge = self._redis.register_script(CHARGE_LUA)
         self._refund = self._redis.register_script(REFUND_LUA)
         self._up = True
+        # charge tokens: a random prefix per counter and a sequence number (no syscall per
+        # request, unlike uuid4)
+        self._token_prefix = uuid.uuid4().hex
+        self._token_seq = itertools.count()
 
     def _usage_key(self, caller: str) -> str:
         return f"{self.prefix}usage:{caller}"
@@ -118,7 +123,8 @@ class RedisCounter:
         return result
 
     async def charge(self, caller: str, model: str, n: int, default_budget: int | None) -> Charge:
-        return await self.charge_with_token(caller, model, n, default_budget, uuid.uuid4().hex)
+        token = f"{self._token_prefix}:{next(self._token_seq)}"
+        return await self.charge_with_token(caller, model, n, default_budget, token)
 
     async def charge_with_token(
         self, caller: str, model: str, n: int, default_budget: int | None, token: str
