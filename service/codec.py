@@ -16,7 +16,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -101,6 +101,11 @@ def decode_json(body: bytes) -> DecodedRequest:
 def json_pixels(inputs: list[Any]) -> np.ndarray:
     """The nested list as float32, refusing what numpy would quietly coerce: booleans
     (``true`` -> 1.0), numeric strings (``"0.5"``), ``null`` (NaN) and ragged lists."""
+    rank, first = 0, cast(Any, inputs)
+    while isinstance(first, list):
+        rank, first = rank + 1, (first[0] if first else None)
+    if rank != 4:  # cheap: a wrong rank is refused before any pass over the elements
+        raise invalid(f"inputs must have rank 4 (N, C, H, W), got rank {rank}", "bad_rank")
     try:
         cells = np.array(inputs, dtype=object)
     except (ValueError, TypeError, RecursionError):
