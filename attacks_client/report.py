@@ -182,6 +182,13 @@ class Report:
                 for e in self.run.endpoints]
         return markdown_table(header, rows)
 
+    def counts_table(self) -> str:
+        """How many images each (attack, endpoint) cell holds (a cut-short run has fewer)."""
+        attacks = self.run.attacks
+        rows = [[e] + [str(len(self.run.select(a["key"], e))) for a in attacks]
+                for e in self.run.endpoints]
+        return markdown_table(["Endpoint"] + [a["key"] for a in attacks], rows)
+
     def table5(self) -> str:
         attacks = self.run.attacks
         rows, csv_rows = [], []
@@ -302,6 +309,7 @@ class Report:
             parts += ["", f"## Tables 2/3: attack success rate (%), ε = {epsilon}", "",
                       self.success_table(plain, epsilon, name)]
         parts += ["", "## Median L2 of the adversarial candidate", "", self.median_table()]
+        parts += ["", "## Images per cell", "", self.counts_table()]
         adaptive = self.adaptive_table(eps)
         if adaptive:
             parts += ["", f"## Tables 4/6: adaptive attack (T repeats per query), ε = {eps}", "",
