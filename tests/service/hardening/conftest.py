@@ -16,7 +16,7 @@ from tests.servers import RedisProcess, ServiceProcess
 
 ADMIN = "hardening-admin-token"
 KEYS = {"matrix": "matrix-secret", "limits": "limits-secret", "fuzz": "fuzz-secret",
-        "leaks": "leaks-secret"}
+        "leaks": "leaks-secret", "disconnect": "disconnect-secret"}
 MAX_BATCH = 8
 MAX_BODY = 100_000
 IMAGE = (1, 28, 28)
