@@ -59,8 +59,10 @@ redis.call('SET', KEYS[4], string.format('%d,%d,%d', allowed, used, b), 'EX',
 return {allowed, used, b}
 """
 
-# KEYS: usage hash; ARGV: model, n. Never takes a count below zero.
+# KEYS: usage hash, refund token; ARGV: model, n, token ttl seconds. Never takes a count below
+# zero; a retried refund (same token) is applied once.
 REFUND_LUA = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[3])) then return 0 end
 local count = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 local n = math.min(count, tonumber(ARGV[2]))
 if n > 0 then redis.call('HINCRBY', KEYS[1], ARGV[1], -n) end
@@ -139,7 +141,10 @@ class RedisCounter:
         return Charge(bool(allowed), int(used), None if int(budget) < 0 else int(budget))
 
     async def refund(self, caller: str, model: str, n: int) -> None:
-        await self._call(lambda: self._refund(keys=[self._usage_key(caller)], args=[model, n]))
+        keys = [self._usage_key(caller),
+                f"{self.prefix}refund:{self._token_prefix}:{next(self._token_seq)}"]
+        args: list[str | int] = [model, n, self.token_ttl_s]
+        await self._call(lambda: self._refund(keys=keys, args=args))
 
     async def usage(self, caller: str) -> dict[str, int]:
         counts: dict[str, str] = await self._call(

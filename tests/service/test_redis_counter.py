@@ -137,7 +137,7 @@ def test_concurrent_charges_are_atomic(redis_server: RedisProcess) -> None:
     run(body)
 
 
-def test_a_retried_charge_counts_once(redis_server: RedisProcess) -> None:
+def test_a_retried_charge_or_refund_counts_once(redis_server: RedisProcess) -> None:
     async def body() -> None:
         counter = RedisCounter(redis_server.url, prefix=f"test-{uuid.uuid4().hex[:8]}:",
                                timeout=GENEROUS)
@@ -146,6 +146,14 @@ def test_a_retried_charge_counts_once(redis_server: RedisProcess) -> None:
         assert first == again and first.allowed
         assert await counter.usage("key:t") == {"m": 4}
         assert not (await counter.charge_with_token("key:t", "m", 4, 5, "token-2")).allowed
+        # a retried refund script (same keys, as redis-py's retry re-sends it) applies once
+        await counter.charge("key:r", "m", 5, None)
+        keys = [counter._usage_key("key:r"), f"{counter.prefix}refund:fixed-token"]
+        for _ in range(2):
+            await counter._refund(keys=keys, args=["m", 2, 60])
+        assert await counter.usage("key:r") == {"m": 3}
+        await counter.refund("key:r", "m", 1)  # a new refund has a new token
+        assert await counter.usage("key:r") == {"m": 2}
         huge = 2**53  # the largest budget allowed: still exact through the Lua script
         for _ in range(2):
             big = await counter.charge_with_token("key:big", "m", 3, huge, "token-3")
