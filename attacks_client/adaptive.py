@@ -50,4 +50,6 @@ class RepeatOracle:
         if self.repeats == 1:
             return self.inner.scores(x)
         probs = self.inner.scores(self._repeat(x))
-        return probs.reshape(len(x), self.repeats, -1).mean(1)
+        # summed in float64: exact for float32 answers, so T equal answers average to themselves
+        mean = probs.reshape(len(x), self.repeats, -1).mean(1, dtype=np.float64)
+        return mean.astype(np.float32)

@@ -41,10 +41,12 @@ import numpy as np
 import torch
 
 from attacks_client.attacks.base import Attack, AttackOracle
+from attacks_client.oracle import OracleError
 
 
-class NoReferenceModel(ValueError):
-    """No reference model takes the endpoint's input shape and classes."""
+class NoReferenceModel(OracleError, ValueError):
+    """No reference model takes the endpoint's input shape and classes (raised before any
+    query; an ``OracleError``, so the CLI prints it as one line)."""
 
 
 def _norm(x: np.ndarray, p: int = 2) -> float:
@@ -69,7 +71,8 @@ class SubspaceAttack(Attack):
         prior_lr: learning rate of the prior (1.0).
         prior_update: ``"momentum"`` (reference default) or ``"gd"``.
         init_drop, max_drop, drop_grow_iter, drop_gamma: the dropout schedule.
-        reference_models: file stems of the reference models to use (``None``: all that fit).
+        reference_models: comma-separated file stems of the reference models to use
+            (``"mnist-cnn,mnist-resnet8"``; ``None``: all that fit).
         weights_dir: where the reference models lie (``None``: the packaged ones).
     """
 
@@ -90,7 +93,7 @@ class SubspaceAttack(Attack):
         max_drop: float = 0.5,
         drop_grow_iter: int = 10,
         drop_gamma: float = 0.01,
-        reference_models: tuple[str, ...] | None = None,
+        reference_models: str | None = None,
         weights_dir: str | None = None,
     ) -> None:
         if norm not in ("l2", "linf") or loss not in ("cw", "xent"):
@@ -113,7 +116,7 @@ class SubspaceAttack(Attack):
         self.max_drop = max_drop
         self.drop_grow_iter = drop_grow_iter
         self.drop_gamma = drop_gamma
-        self.reference_models = tuple(reference_models) if reference_models else None
+        self.reference_models = reference_models
         self.weights_dir = weights_dir
         self._models: dict[tuple[tuple[int, ...], int], list[tuple[str, torch.nn.Module]]] = {}
 
@@ -140,7 +143,9 @@ class SubspaceAttack(Attack):
             from attacks_client.surrogates import WEIGHTS_DIR, load_fitting
 
             directory = Path(self.weights_dir) if self.weights_dir else WEIGHTS_DIR
-            models = load_fitting(input_shape, num_classes, directory, self.reference_models)
+            names = [n.strip() for n in self.reference_models.split(",")] \
+                if self.reference_models else None
+            models = load_fitting(input_shape, num_classes, directory, names)
             if not models:
                 raise NoReferenceModel(
                     f"no Subspace Attack reference model in {directory} takes input shape "
@@ -193,10 +198,15 @@ class SubspaceAttack(Attack):
         model.drop = drop  # type: ignore[assignment]
         model.generator = generator  # type: ignore[assignment]
         image = torch.from_numpy(x[None].astype(np.float32)).requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(image)
-            outputs = torch.from_numpy(logit_grad[None].astype(np.float32))
-            (grad,) = torch.autograd.grad(logits, [image], grad_outputs=[outputs])
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one image through a small CNN: more threads only contend
+        try:
+            with torch.enable_grad():
+                logits = model(image)
+                outputs = torch.from_numpy(logit_grad[None].astype(np.float32))
+                (grad,) = torch.autograd.grad(logits, [image], grad_outputs=[outputs])
+        finally:
+            torch.set_num_threads(threads)
         direction = grad[0].numpy().astype(np.float64)
         return direction / _norm(direction)
 

@@ -1,0 +1,84 @@
+"""Bandit-TD: tiling prior, counting, the ε-ball, and success on the embedded model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attacks_client.attacks.bandits import BanditTD, scaled_tile_size, upsample_nearest
+from attacks_client.oracle import ScoresUnavailable
+from tests.attacks_client.score_helpers import (
+    constant_oracle,
+    correct_images,
+    linear_oracle,
+    victim_oracle,
+    victim_predict,
+)
+
+
+@pytest.mark.parametrize(("shape", "tiles"), [((1, 28, 28), 9), ((3, 32, 32), 11),
+                                              ((3, 224, 224), 50)])
+def test_tiling_prior_shape_and_upsampling(shape: tuple[int, int, int], tiles: int) -> None:
+    assert scaled_tile_size(shape[1]) == tiles
+    attack = BanditTD()
+    assert attack.prior_shape(shape) == (shape[0], tiles, tiles)
+    assert BanditTD(tiling=False).prior_shape(shape) == shape
+    assert BanditTD(tile_size=4).prior_shape(shape) == (shape[0], 4, 4)
+    prior = np.random.default_rng(0).standard_normal((shape[0], tiles, tiles))
+    up = upsample_nearest(prior, shape[1:])
+    assert up.shape == shape
+    reference = torch.nn.Upsample(size=shape[1:])(torch.from_numpy(prior)[None])[0].numpy()
+    np.testing.assert_array_equal(up, reference)  # the reference's nn.Upsample (nearest)
+
+
+def test_finds_adversarial_examples_on_the_embedded_model() -> None:
+    images, labels = correct_images()
+    attack = BanditTD(epsilon=3.0)
+    for x0, label in zip(images[:3], labels[:3], strict=True):
+        oracle = victim_oracle()
+        result = attack(oracle, x0, int(label), 3000, seed=0)
+        assert result.stop_reason == "converged" and result.final_candidate is not None
+        assert result.queries == oracle.queries <= 3000
+        candidate = result.final_candidate
+        assert victim_predict(candidate[None]).argmax() != label
+        assert result.final_l2 <= 3.0 + 1e-4
+        assert candidate.min() >= 0.0 and candidate.max() <= 1.0
+
+
+def test_queries_stay_in_the_ball_and_in_budget() -> None:
+    oracle, x0, label = linear_oracle((1, 28, 28), seed=2, scale=3.0)
+    result = BanditTD(epsilon=0.5)(oracle, x0, label, 300, seed=0)
+    assert result.queries == oracle.queries <= 300
+    # probes may leave the ball by fd_eta; images stay in it
+    assert result.query_l2.max() <= 0.5 + 0.01 + 1e-4
+
+
+@pytest.mark.parametrize(("budget", "spent"), [(1, 1), (3, 3), (4, 4), (31, 31), (30, 30),
+                                               (32, 31)])
+def test_three_queries_per_iteration_all_counted(budget: int, spent: int) -> None:
+    # x0 (1), then per iteration 2 antithetic probes (one batch) and the check of the new image
+    images, labels = correct_images()
+    oracle = constant_oracle(label=int(labels[0]))
+    result = BanditTD()(oracle, images[0], int(labels[0]), budget, seed=0)
+    assert result.stop_reason == "budget" and not result.updates
+    assert result.queries == oracle.queries == spent
+
+
+def test_label_only_endpoint_stops_at_once() -> None:
+    images, labels = correct_images()
+    oracle = victim_oracle(scores=False)
+    with pytest.raises(ScoresUnavailable):
+        BanditTD()(oracle, images[0], int(labels[0]), 100)
+    assert oracle.queries == 0
+
+
+def test_loss_is_cross_entropy_with_resolution_near_one() -> None:
+    class _Oracle:
+        label, target = 2, None
+
+    probs = np.array([[1e-9, 2e-9, 1.0, 0, 0, 0, 0, 0, 0, 0],
+                      [0.25, 0.25, 0.5, 0, 0, 0, 0, 0, 0, 0]], np.float32)
+    loss = BanditTD._loss(probs, _Oracle())  # type: ignore[arg-type]
+    assert loss[0] == pytest.approx(3e-9, rel=1e-6)  # -log(1 - 3e-9), not log(1.0) = 0
+    assert loss[1] == pytest.approx(np.log(2.0))
