@@ -37,7 +37,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from service.datasets import ImageSet, mnist_subset
-from service.models.noise import seed_noise
+from service.models.noise import noise_sources, seed_noise
 from service.models.normalization import Normalized
 from service.models.pni import set_per_image_noise
 from service.models.registry import WEIGHTS_DIR, ModelSpec, get_spec
@@ -186,10 +186,11 @@ def main_recipe(args: argparse.Namespace, command: str) -> None:
     card.parent.mkdir(parents=True, exist_ok=True)
     write_card(card, spec=spec, command=command, seed=args.seed, accuracy=accuracy,
                test_size=len(test_set), checkpoint=out, hparams=hparams, seconds=seconds)
+    noisy = [("test accuracy noise", "randomized model: one draw with the noise seeded by "
+              "`seed`; 5-seed mean ± std in `docs/results/defenses.md`")]
     _add_rows(card, [
         ("defense reference", recipe.reference),
-        ("test accuracy noise", "randomized model: one draw with the noise seeded by `seed`; "
-         "5-seed mean ± std in `docs/results/defenses.md`"),
+        *(noisy if noise_sources(model) else []),
         (f"L2 PGD-{ROBUST_EVAL_STEPS} accuracy",
          f"{robust * 100:.1f}% at ε = {eps} on the first {ROBUST_EVAL_IMAGES} test images "
          "(white-box, in-process, eval mode; `service.training.pgd`)"),
