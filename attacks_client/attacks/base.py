@@ -103,7 +103,9 @@ class AttackOracle:
 
     @property
     def remaining(self) -> int:
-        return self.budget - self.queries
+        """Images the attack can still send: real queries left // ``query_cost`` (behind a
+        ``RepeatOracle`` one image costs T real queries)."""
+        return (self.budget - self.queries) // self.query_cost
 
     @property
     def has_scores(self) -> bool:
@@ -122,8 +124,9 @@ class AttackOracle:
         if x.ndim == 3:
             x = x[None]
         cost = len(x) * self.query_cost
-        if cost > self.remaining:
-            raise BudgetExhausted(f"{cost} queries asked, {self.remaining} left")
+        left = self.budget - self.queries
+        if cost > left:
+            raise BudgetExhausted(f"{cost} queries asked, {left} left")
         self.queries += cost
         diff = (x - self.x0[None]).reshape(len(x), -1)
         l2 = np.linalg.norm(diff, axis=1).astype(np.float32)
