@@ -152,7 +152,8 @@ class GeoDA(Attack):
 
     def run(self, oracle: AttackOracle, rng: np.random.Generator) -> None:
         x0 = oracle.x0
-        budget = self.max_queries if self.max_queries is not None else oracle.remaining
+        start = oracle.remaining  # images, not real queries (behind RepeatOracle: T per image)
+        budget = self.max_queries if self.max_queries is not None else start
         s = self._sub_dim(x0.shape)
 
         x_random = self._find_random_adversarial(oracle, rng)
@@ -163,7 +164,8 @@ class GeoDA(Attack):
         x_b = self._bin_search(oracle, x_random)
         oracle.report(x_b)
 
-        schedule = query_schedule(max(budget - oracle.queries, 1), self.mu)
+        spent = start - oracle.remaining
+        schedule = query_schedule(max(budget - spent, 1), self.mu)
         log.debug("geoda: sub_dim %d, schedule %s", s, schedule)
         grad = np.zeros_like(x0)
         for q in schedule:

@@ -46,14 +46,7 @@ def _server_count(url: str, model: str = "resnet20-mnist") -> int:
         return probe.server_queries
 
 
-def _every_attack() -> list[Any]:
-    geoda = pytest.mark.xfail(
-        strict=True, reason="geoda.py sizes its schedule as logical budget minus real queries "
-        "(oracle.queries); behind RepeatOracle it must subtract oracle.queries // query_cost")
-    return [pytest.param(n, marks=geoda) if n == "geoda" else n for n in ATTACK_NAMES]
-
-
-@pytest.mark.parametrize("name", _every_attack())
+@pytest.mark.parametrize("name", ATTACK_NAMES)
 def test_repeat_spends_t_times_the_plain_queries_for_every_attack(name: str) -> None:
     cls = get_attack(name)
     results = []
