@@ -160,12 +160,15 @@ def test_sigterm_lets_in_flight_requests_finish_and_counts_stay_exact(
     records: list[tuple[float, float, int | str]] = []
     lock = threading.Lock()
     stop = threading.Event()
+    pending: dict[int, float] = {}  # client -> when its unanswered request was sent
 
     def client_loop(seed: int) -> None:
         request = raw_request(n, seed)
         with httpx.Client(timeout=60) as client:
             while not stop.is_set():
                 sent = time.monotonic()
+                with lock:
+                    pending[seed] = sent
                 try:
                     outcome: int | str = client.post(
                         loaded.url + "/predict", **request).status_code  # type: ignore[arg-type]
@@ -173,13 +176,22 @@ def test_sigterm_lets_in_flight_requests_finish_and_counts_stay_exact(
                     outcome = type(exc).__name__
                 with lock:
                     records.append((sent, time.monotonic(), outcome))
+                    pending.pop(seed, None)
                 if isinstance(outcome, str):
                     return  # the server is gone (or going): no more connections
 
     threads = [threading.Thread(target=client_loop, args=(seed,)) for seed in range(clients)]
     for thread in threads:
         thread.start()
-    time.sleep(2.5)  # a couple of 1 s batches, and a full one in flight
+    time.sleep(2.5)  # a couple of 1 s batches
+    deadline = time.monotonic() + 30
+    while True:  # signal while some request has been inside the server for 0.3 s
+        with lock:
+            oldest = min(pending.values(), default=None)
+        if oldest is not None and time.monotonic() - oldest > 0.3:
+            break
+        assert time.monotonic() < deadline, "no request stayed in flight"
+        time.sleep(0.01)
     signalled = time.monotonic()
     loaded.proc.send_signal(signal.SIGTERM)
     port = int(loaded.url.rsplit(":", 1)[1])
