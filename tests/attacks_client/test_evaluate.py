@@ -93,7 +93,7 @@ def test_small_grid_end_to_end(keyed_servers: dict[str, ServiceProcess], tmp_pat
     # P_mis: zero on the deterministic model, measured on the defended one
     assert all(r["p_mis"]["mismatches"] == 0 for r in rows if r["endpoint"] == "none")
     clean = {r["endpoint"]: r for r in map(json.loads, (tmp_path / "accuracy.jsonl").open())}
-    assert clean["none"]["clean_p_mis"] == 0 and clean["none"]["sigma_hat"] == 0
+    assert clean["none"]["clean_p_mis"] == 0 and clean["none"]["sigma_hat"] < 1e-4  # float noise
     assert clean["snd"]["sigma_hat"] > 0  # the margin loss moves under σ = 0.01 noise
 
     path = report(tmp_path)
