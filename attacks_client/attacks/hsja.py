@@ -71,9 +71,11 @@ class HopSkipJump(Attack):
         perturbed = blend_search(oracle, perturbed, theta)
         oracle.report(perturbed)
         dist = dist_post_update = l2(perturbed, x0)
+        if dist == 0.0:  # x0 itself is already misclassified: nothing to minimize
+            return
 
         for t in range(1, self.max_iter + 1):
-            delta = 0.1 if t == 1 else math.sqrt(d) * theta * dist_post_update
+            delta = 0.1 if t == 1 else max(math.sqrt(d) * theta * dist_post_update, 1e-12)
             num_evals = min(int(self.init_num_evals * math.sqrt(t)), self.max_num_evals)
             # near the end of the budget, spend what is left rather than stop short
             num_evals = max(min(num_evals, oracle.remaining - reserve), 1)
