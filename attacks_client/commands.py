@@ -28,7 +28,7 @@ def exit_on_sigterm() -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from attacks_client.evaluate import evaluate
+    from attacks_client.evaluate import ResumeMismatch, evaluate
     from attacks_client.experiment import Experiment
     from attacks_client.report import report
 
@@ -40,7 +40,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"{args.config}: {exc}") from None
     out = args.out or Path("runs") / experiment.name
     exit_on_sigterm()
-    evaluate(experiment, out, workers=args.workers, progress=not args.quiet)
+    try:
+        evaluate(experiment, out, workers=args.workers, progress=not args.quiet)
+    except ResumeMismatch as exc:
+        raise CliError(str(exc)) from None
     OUT.print(f"records: {out / 'records.jsonl'}")
     if not args.no_report:
         OUT.print(f"report: {report(out)}")

@@ -235,12 +235,30 @@ class Evaluation:
     # -- attacks ------------------------------------------------------------------------------
 
     def jobs(self, images: list[int]) -> list[tuple[AttackConfig, EndpointConfig, int]]:
-        records = map(json.loads, _lines(self.out_dir / RECORDS))
+        records = [json.loads(line) for line in _lines(self.out_dir / RECORDS)]
+        self.check_params(records)
         done = {(r["attack"], r["endpoint"], r["image"]) for r in records}
         # image-major: a run cut short still covers every attack and endpoint on its images
         return [(a, e, i) for i in images for a in self.experiment.attacks
                 for e in self.experiment.endpoints
                 if a.runs_on(e.name) and (a.key, e.name, i) not in done]
+
+    def check_params(self, records: list[dict[str, Any]]) -> None:
+        """Refuse to resume over records made with other attack parameters than the config's
+        (a changed ``params`` would otherwise mix two settings in one table)."""
+        attacks = {a.key: a for a in self.experiment.attacks}
+        for record in records:
+            attack = attacks.get(record["attack"])
+            if attack is None:
+                continue
+            stored = record.get("params", {})
+            changed = sorted(k for k, v in attack.params.items()
+                             if json.dumps(stored.get(k)) != json.dumps(v))
+            if changed:
+                raise ResumeMismatch(
+                    f"{self.out_dir / RECORDS} holds {record['attack']} records made with other "
+                    f"values of {', '.join(changed)} than the config's; remove those records "
+                    "or use a new output directory")
 
     def run_job(self, attack: AttackConfig, endpoint: EndpointConfig, image: int,
                 data: ImageSet) -> dict[str, Any]:
@@ -312,6 +330,10 @@ class Evaluation:
             raise
         pool.shutdown()
         bar.close()
+
+
+class ResumeMismatch(ValueError):
+    """The output directory holds records made with other attack parameters."""
 
 
 def _lines(path: Path) -> list[str]:

@@ -5,6 +5,10 @@ waits at most ``max_wait_s`` for more, and runs one defended forward pass on the
 thread. Each image still gets its own noise (the defense draws per element over the merged
 batch) and its own caller's count (charged by the route before it queues). A queue holding
 more than ``max_queue`` images refuses new work with :class:`Overloaded`.
+
+With ``max_wait_s = 0`` (the default) a pass takes only what is already queued: a lone request
+is answered at once, and under load batches form by themselves from the requests that arrive
+while the previous pass runs.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ class DynamicBatcher:
     """Merges concurrent ``submit`` calls into forward passes of at most ``max_images``."""
 
     def __init__(self, forward: Callable[[np.ndarray], np.ndarray], executor: Executor, *,
-                 max_images: int = 256, max_wait_s: float = 0.002,
-                 max_queue: int = 4096) -> None:
+                 max_images: int = 256, max_wait_s: float = 0.0,
+                 max_queue: int = 4096,
+                 on_batch: Callable[[int], object] | None = None) -> None:
         self._forward = forward
+        self._on_batch = on_batch
         self._executor = executor
         self.max_images = max_images
         self.max_wait_s = max_wait_s
@@ -103,6 +109,8 @@ class DynamicBatcher:
                     p.future.set_exception(exc)
             return
         self.batches += 1
+        if self._on_batch is not None:
+            self._on_batch(len(merged))
         start = 0
         for p in live:
             end = start + len(p.images)

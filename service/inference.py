@@ -2,6 +2,15 @@
 
 Forward passes run on one dedicated inference thread under ``torch.inference_mode``, so the
 event loop never blocks and CPU cores are not oversubscribed by concurrent passes.
+
+Two CPU-side speed-ups, both measured in ``docs/performance.md``:
+
+* ``graph="trace"``: a deterministic fp32 network is traced and frozen (BatchNorm folded into
+  the convolutions) and checked against eager mode at load. A traced forward is one C++ call
+  that releases the GIL for its whole length, so HTTP work on the event loop overlaps it; an
+  eager forward re-takes the GIL between every layer and stalls behind the event loop.
+* ``forward_chunk_images``: on the CPU a large merged batch runs in cache-sized chunks (the
+  defense's noise is drawn once over the whole batch first).
 """
 
 from __future__ import annotations
@@ -9,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -19,7 +29,9 @@ from torch import nn
 from service.batching import DynamicBatcher
 from service.config import ModelSettings, Settings
 from service.defenses import Defense, build_defense
+from service.metrics import FORWARD_BATCH
 from service.models import ModelSpec, get_spec
+from service.models.noise import noise_sources
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +55,24 @@ class ModelHost:
     defense: Defense
     device: torch.device
     precision: str = "fp32"
+    chunk_images: int = 0
+    graph: torch.jit.ScriptModule | None = None
 
     @classmethod
     def load(cls, settings: ModelSettings, device: torch.device, allow_download: bool,
-             precision: str = "fp32") -> ModelHost:
+             precision: str = "fp32", *, graph: str = "eager",
+             chunk_images: int = 0) -> ModelHost:
         spec = get_spec(settings.zoo_name)
         network = spec.build(settings.weights, allow_download=allow_download).to(device)
-        log.info("loaded %s (%s) on %s behind %s", settings.name, spec.name, device,
-                 settings.defense.kind)
         if precision == "fp16" and device.type != "cuda":
             raise ValueError("precision fp16 needs CUDA; use bf16 on the CPU")
+        traced = None
+        if graph == "trace" and precision == "fp32" and not noise_sources(network):
+            traced = trace_network(network, spec.input_shape, device)
+        log.info("loaded %s (%s) on %s behind %s%s", settings.name, spec.name, device,
+                 settings.defense.kind, " (traced)" if traced is not None else "")
         return cls(settings.name, spec, settings, network, build_defense(settings.defense), device,
-                   precision)
+                   precision, chunk_images if device.type == "cpu" else 0, traced)
 
     @property
     def output_modes(self) -> tuple[str, ...]:
@@ -71,10 +89,36 @@ class ModelHost:
             if self.device.type == "cuda":
                 x = x.pin_memory().to(self.device, non_blocking=True)
             x = self.defense(x)
+            # the traced graph has the model's input shape (R&P resizes: eager mode there)
+            network = self.network
+            if self.graph is not None and tuple(x.shape[1:]) == self.spec.input_shape:
+                network = self.graph
             dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
             with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-                logits = self.network(x)
+                if self.chunk_images and len(x) > self.chunk_images:
+                    logits = torch.cat([network(part) for part in x.split(self.chunk_images)])
+                else:
+                    logits = network(x)
             return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+def trace_network(network: nn.Module, input_shape: tuple[int, ...],
+                  device: torch.device) -> torch.jit.ScriptModule | None:
+    """``network`` traced and frozen, or ``None`` (with a warning) if it cannot be or if it
+    disagrees with eager mode on a probe batch."""
+    probe = torch.rand((3, *input_shape), generator=torch.Generator().manual_seed(0)).to(device)
+    try:
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of compile
+            graph = torch.jit.freeze(torch.jit.trace(network, probe[:2]))
+            expected, got = network(probe), graph(probe)
+    except Exception as exc:  # tracing is an optimization: eager mode always works
+        log.warning("could not trace the network (%s): running it eagerly", exc)
+        return None
+    if not torch.allclose(expected, got, rtol=1e-4, atol=1e-4):
+        log.warning("the traced network disagrees with eager mode: running it eagerly")
+        return None
+    return graph
 
 
 @dataclass
@@ -85,7 +129,7 @@ class ModelPool:
     default: str
     batching: bool = True
     batch_max_images: int = 256
-    batch_wait_s: float = 0.002
+    batch_wait_s: float = 0.0
     queue_max_images: int = 4096
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
@@ -98,7 +142,9 @@ class ModelPool:
         torch.set_num_threads(threads)
         device = select_device(settings.device)
         hosts = {
-            m.name: ModelHost.load(m, device, settings.allow_download, settings.precision)
+            m.name: ModelHost.load(m, device, settings.allow_download, settings.precision,
+                                   graph=settings.graph,
+                                   chunk_images=settings.forward_chunk_images)
             for m in settings.models
         }
         return cls(hosts, settings.default_model, batching=settings.batching,
@@ -112,7 +158,8 @@ class ModelPool:
             batcher = DynamicBatcher(host.forward, self.executor,
                                      max_images=self.batch_max_images,
                                      max_wait_s=self.batch_wait_s,
-                                     max_queue=self.queue_max_images)
+                                     max_queue=self.queue_max_images,
+                                     on_batch=FORWARD_BATCH.labels(host.name).observe)
             self.batchers[host.name] = batcher
         return batcher
 

@@ -44,6 +44,12 @@ REFUSALS = Counter(
     "Requests refused, by error code",
     ["reason"],
 )
+FORWARD_BATCH = Histogram(
+    "snd_forward_batch_images",
+    "Images per defended forward pass (merged requests under dynamic batching)",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
 REQUEST_LATENCY = Histogram(
     "snd_request_duration_seconds",
     "HTTP request latency, by route template and status",

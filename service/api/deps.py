@@ -1,4 +1,7 @@
-"""Request dependencies: the runtime, the caller's identity, the admin token."""
+"""Request dependencies: the runtime, the caller's identity, the admin token.
+
+They are ``async def`` although they never await: FastAPI runs a plain ``def`` dependency in its
+thread pool, a thread hop per request that costs more than the work itself."""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ class Runtime:
     counter: QueryCounter
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     if runtime is None:
         raise ApiError(503, "not_ready", "the service is starting", {"Retry-After": "1"})
@@ -79,7 +82,7 @@ def _in_networks(address: str, networks: list[str]) -> bool:
     return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
 
 
-def get_caller(
+async def get_caller(
     request: Request,
     runtime: RuntimeDep,
     x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -99,7 +102,7 @@ def get_caller(
 CallerDep = Annotated[str, Depends(get_caller)]
 
 
-def require_admin(
+async def require_admin(
     runtime: RuntimeDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> None:

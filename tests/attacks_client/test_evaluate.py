@@ -3,6 +3,7 @@ resuming, and the evaluator identity kept apart from the attacker's count."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator
@@ -12,7 +13,14 @@ import httpx
 import numpy as np
 import pytest
 
-from attacks_client.evaluate import RECORDS, Evaluation, RecordingOracle, decode_array, evaluate
+from attacks_client.evaluate import (
+    RECORDS,
+    Evaluation,
+    RecordingOracle,
+    ResumeMismatch,
+    decode_array,
+    evaluate,
+)
 from attacks_client.experiment import AttackConfig, EndpointConfig, Experiment
 from attacks_client.oracle import FunctionOracle
 from attacks_client.report import report
@@ -124,6 +132,23 @@ def test_a_killed_run_resumes_without_redoing_records(
     assert spent == sum(json.loads(x)["queries"] for x in after[2:])
     evaluate(experiment, tmp_path, workers=1, progress=False)  # nothing left to do
     assert len((tmp_path / RECORDS).read_text().splitlines()) == 4
+
+
+def test_resuming_with_other_attack_parameters_is_refused(
+        keyed_servers: dict[str, ServiceProcess], tmp_path: Path) -> None:
+    """Records made with one setting are never mixed with another's in a resumed run."""
+    experiment = small_grid(keyed_servers, images=1)
+    evaluate(experiment, tmp_path, workers=1, progress=False)
+    image = records(tmp_path)[0]["image"]
+    changed = dataclasses.replace(experiment, attacks=(
+        AttackConfig(name="hsja", params={"gamma": 2.0}), AttackConfig(name="simba-dct")))
+    evaluation = Evaluation(changed, tmp_path, {e.name: e.url for e in changed.endpoints})
+    with pytest.raises(ResumeMismatch, match="gamma"):
+        evaluation.jobs([image])
+    # the same values, spelled out, are no change
+    same = dataclasses.replace(experiment, attacks=(
+        AttackConfig(name="hsja"), AttackConfig(name="simba-dct", params={})))
+    assert Evaluation(same, tmp_path, {e.name: e.url for e in same.endpoints}).jobs([image]) == []
 
 
 def test_recording_oracle_keeps_a_uniform_sample() -> None:
