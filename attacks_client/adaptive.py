@@ -9,31 +9,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from attacks_client.oracle import Oracle
+from attacks_client.oracle import Oracle, OracleWrapper
 
 
-class RepeatOracle:
+class RepeatOracle(OracleWrapper):
     """Expectation over T draws of a randomized endpoint; costs T queries per image."""
 
     def __init__(self, oracle: Oracle, repeats: int) -> None:
         if repeats < 1:
             raise ValueError("repeats must be >= 1")
-        self.inner = oracle
+        super().__init__(oracle)
         self.repeats = repeats
-        self.input_shape = oracle.input_shape
-        self.num_classes = oracle.num_classes
 
     @property
     def query_cost(self) -> int:
         return self.repeats * getattr(self.inner, "query_cost", 1)
-
-    @property
-    def queries(self) -> int:
-        return self.inner.queries
-
-    @property
-    def has_scores(self) -> bool:
-        return self.inner.has_scores
 
     def _repeat(self, x: np.ndarray) -> np.ndarray:
         return np.repeat(np.asarray(x, dtype=np.float32), self.repeats, axis=0)

@@ -30,33 +30,23 @@ from attacks_client.data import ImageSet, load_images
 from attacks_client.experiment import AttackConfig, EndpointConfig, Experiment
 from attacks_client.http import HttpOracle
 from attacks_client.launch import LocalService
-from attacks_client.oracle import Oracle
+from attacks_client.oracle import Oracle, OracleWrapper
 
 log = logging.getLogger(__name__)
 RECORDS, ACCURACY, IMAGES = "records.jsonl", "accuracy.jsonl", "images.json"
 TRAJECTORY_POINTS = 100
 
 
-class RecordingOracle:
+class RecordingOracle(OracleWrapper):
     """Passes queries through and keeps a uniform sample (reservoir) of (image, answered label)."""
 
     def __init__(self, inner: Oracle, capacity: int, seed: int) -> None:
-        self.inner = inner
-        self.input_shape = inner.input_shape
-        self.num_classes = inner.num_classes
+        super().__init__(inner)
         self.capacity = capacity
         self.images: list[np.ndarray] = []
         self.answers: list[int] = []
         self._seen = 0
         self._rng = np.random.default_rng(seed)
-
-    @property
-    def queries(self) -> int:
-        return self.inner.queries
-
-    @property
-    def has_scores(self) -> bool:
-        return self.inner.has_scores
 
     def _record(self, x: np.ndarray, labels: np.ndarray) -> None:
         for image, label in zip(np.asarray(x, np.float32), labels, strict=True):

@@ -80,3 +80,27 @@ class FunctionOracle:
         self.queries += len(x)
         probs = np.asarray(self._predict(np.ascontiguousarray(x, dtype=np.float32)))
         return probs.argmax(1)
+
+
+class OracleWrapper:
+    """Base of oracles that sit in front of another (recording, repeating): shape, classes,
+    query count and score mode are the inner oracle's; subclasses override what they change."""
+
+    def __init__(self, inner: Oracle) -> None:
+        self.inner = inner
+        self.input_shape = inner.input_shape
+        self.num_classes = inner.num_classes
+
+    @property
+    def queries(self) -> int:
+        return self.inner.queries
+
+    @property
+    def has_scores(self) -> bool:
+        return self.inner.has_scores
+
+    def labels(self, x: np.ndarray) -> np.ndarray:
+        return self.inner.labels(x)
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        return self.inner.scores(x)

@@ -73,14 +73,7 @@ class SignOPT(Attack):
             lbd = current_best
         else:
             lbd = initial_lbd
-        lo, hi = 0.0, lbd
-        while hi - lo > self.init_tol:
-            mid = (lo + hi) / 2.0
-            if self._adv(oracle, theta, mid):
-                hi = mid
-            else:
-                lo = mid
-        return hi
+        return self._bisect(oracle, theta, 0.0, lbd, self.init_tol)
 
     def _search_local(
         self, oracle: AttackOracle, theta: np.ndarray, initial_lbd: float, tol: float
@@ -98,6 +91,12 @@ class SignOPT(Attack):
             hi, lo = lbd, lbd * 0.99
             while self._adv(oracle, theta, lo):
                 lo *= 0.99
+        return self._bisect(oracle, theta, lo, hi, tol)
+
+    def _bisect(self, oracle: AttackOracle, theta: np.ndarray, lo: float, hi: float,
+                tol: float) -> float:
+        """Bisect the boundary distance along ``theta`` between a clean ``lo`` and an
+        adversarial ``hi`` to ``tol``; returns the adversarial end."""
         while hi - lo > tol:
             mid = (lo + hi) / 2.0
             if self._adv(oracle, theta, mid):
