@@ -48,12 +48,16 @@ class LocalService:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SND_")}
         env.update({"SND_HOST": "127.0.0.1", "SND_PORT": str(self.port),
                     "SND_LOG_LEVEL": "warning"})
-        for key, value in self.settings.items():
+        # `workers` is uvicorn's, not a setting: worker processes serve in parallel (each with
+        # its own models and batches, and its own in-memory counter unless redis_url is set)
+        settings = dict(self.settings)
+        workers = ["--workers", str(int(settings.pop("workers")))] if "workers" in settings else []
+        for key, value in settings.items():
             env["SND_" + key.upper()] = (
                 json.dumps(value) if isinstance(value, dict | list) else str(value)
             )
         with self._log.open("wb") as log_file:
-            self._proc = subprocess.Popen([sys.executable, "-m", "service"], env=env,
+            self._proc = subprocess.Popen([sys.executable, "-m", "service", *workers], env=env,
                                           stdout=log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
