@@ -173,6 +173,24 @@ class Report:
                                                 "images"], csv_rows)
         return markdown_table(header, rows)
 
+    def glance_table(self, epsilons: list[float]) -> str:
+        """Attacks as rows, endpoints as columns, at the full budget: success rate at each ε
+        and the median L2 of the candidate (the paper's tables, transposed and narrowed)."""
+        q = self.run.checkpoints[-1]
+        endpoints = [e for e in self.run.endpoints
+                     if any(self.run.select(a["key"], e) for a in self.run.attacks)]
+        rows = []
+        for attack in self.run.attacks:
+            cells = [attack["key"]]
+            for endpoint in endpoints:
+                records = self.run.select(attack["key"], endpoint)
+                rates = " / ".join(fmt_rate(success_rate(records, q, eps)).removesuffix(".0")
+                                   for eps in epsilons)
+                cells.append(f"{rates} ({fmt_l2(median_l2(records, q))}; n={len(records)})"
+                             if records else "–")
+            rows.append(cells)
+        return markdown_table(["Attack"] + endpoints, rows)
+
     def median_table(self) -> str:
         attacks = self.plain_attacks()
         header = ["Endpoint"] + [f"{a['key']} @{q}" for a in attacks for q in self.run.checkpoints]
@@ -302,6 +320,13 @@ class Report:
             "## Table 1: clean accuracy",
             "",
             self.table1(),
+            "",
+            f"## At a glance: success rate (%) at {exp['budget']} queries",
+            "",
+            f"Each cell: success at ε = {' / '.join(str(e) for e in exp['epsilons'])} (median "
+            "L2 of the candidate; images).",
+            "",
+            self.glance_table(list(exp["epsilons"])),
         ]
         plain = self.plain_attacks()
         for epsilon in exp["epsilons"]:
