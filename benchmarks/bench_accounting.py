@@ -16,50 +16,21 @@ import asyncio
 import logging
 import os
 import platform
-import re
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import images_per_second, npy_body, write_section  # noqa: E402
 from tests.servers import RedisProcess, ServiceProcess  # noqa: E402
 
 log = logging.getLogger("bench_accounting")
 HEADING = "## Redis accounting"
-IMAGE = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32).tobytes()
-
-
-async def one_round(url: str, requests: int, concurrency: int) -> float:
-    """Requests per second of ``requests`` single-image predictions."""
-    remaining = requests
-    headers = {"Content-Type": "application/octet-stream"}
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            response = await client.post("/predict?output=label&shape=1,1,28,28",
-                                         content=IMAGE, headers=headers)
-            response.raise_for_status()
-
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        await worker_warmup(client, headers)
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        return requests / (time.perf_counter() - start)
-
-
-async def worker_warmup(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
-    for _ in range(5):
-        response = await client.post("/predict?output=label&shape=1,1,28,28", content=IMAGE,
-                                     headers=headers)
-        response.raise_for_status()
+BODY = npy_body(1)
+WARM_UP = 3  # requests images_per_second sends before timing, counted like the others
 
 
 def cpu_seconds(pid: int) -> float:
@@ -83,15 +54,16 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str,
             order = ["memory", "redis"] if r % 2 == 0 else ["redis", "memory"]
             for name in order:
                 before = sum(cpu_seconds(pid) for pid in pids[name])
-                rate = asyncio.run(one_round(urls[name], args.requests, args.concurrency))
+                rate = asyncio.run(images_per_second(urls[name], BODY, 1, args.requests,
+                                                     args.concurrency))
                 cpu[name] += sum(cpu_seconds(pid) for pid in pids[name]) - before
                 rates[name].append(rate)
                 log.info("round %d %-6s %7.1f req/s", r, name, rate)
         used = httpx.get(f"{counted.url}/usage/me").json()["total"]
-        expected = args.rounds * (args.requests + 5)
+        expected = args.rounds * (args.requests + WARM_UP)
         if used != expected:
             raise RuntimeError(f"redis counted {used} queries, expected {expected}")
-    per_request = {name: 1000 * total / (args.rounds * (args.requests + 5))
+    per_request = {name: 1000 * total / (args.rounds * (args.requests + WARM_UP))
                    for name, total in cpu.items()}
     return rates, per_request
 
@@ -117,8 +89,9 @@ def section(rates: dict[str, list[float]], cpu_ms: dict[str, float], ratio: floa
         "",
         f"`{command}`",
         "",
-        f"Single-image `output=label` requests (raw float32 body), {args.concurrency} concurrent "
-        f"connections, one uvicorn worker per server (`torch_threads={args.torch_threads}`), "
+        f"Single-image `output=label` requests (`.npy` body) from raw keep-alive sockets "
+        f"(`benchmarks/common.py`), {args.concurrency} concurrent connections, one uvicorn "
+        f"worker per server (`torch_threads={args.torch_threads}`), "
         f"ResNet-20 MNIST behind SND σ = 0.01; {args.rounds} alternating rounds of "
         f"{args.requests} requests against each server; medians. Machine: "
         f"{platform.machine()}, {os.cpu_count()} CPUs, shared with other work.",
@@ -144,16 +117,6 @@ def section(rates: dict[str, list[float]], cpu_ms: dict[str, float], ratio: floa
     ])
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) this benchmark's section; other sections stay as they are."""
-    old = path.read_text() if path.exists() else "# Performance\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.M | re.S)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else (
-        old.rstrip("\n") + "\n\n" + text)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     text = section(rates, cpu_ms, ratio, args, command.strip())
     print(text)  # noqa: T201 - a benchmark's report
     if args.write:
-        write_section(args.write, text)
+        write_section(args.write, HEADING, text)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Forward throughput of the embedded model in-process: eager ÷ traced, by batch size and
-thread count, and what chunking a large batch buys (``docs/performance.md``, serving tuning).
+thread count, and what chunking a large batch buys; then how much of its throughput a forward
+keeps while another thread runs pure Python (the event loop's situation in the server), eager
+and traced (``docs/performance.md``, serving tuning).
 
     python -m benchmarks.bench_forward
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +35,36 @@ def images_per_second(host: ModelHost, batch: int, images: int = 800) -> float:
     return batch * repeats / (time.perf_counter() - start)
 
 
+def overlap(host: ModelHost, seconds: float = 1.0) -> float:
+    """Forward passes (batch 32, one thread) per second while another thread runs pure Python,
+    ÷ passes per second alone. Near 1: the forward runs beside Python; near 0: it stalls."""
+    torch.set_num_threads(1)
+    x = np.random.default_rng(0).random((32, 1, 28, 28), dtype=np.float32)
+    passes = 0
+    stop = threading.Event()
+
+    def forwards() -> None:
+        nonlocal passes
+        while not stop.is_set():
+            host.forward(x)
+            passes += 1
+
+    worker = threading.Thread(target=forwards)
+    worker.start()
+    time.sleep(0.2)
+    start, before = time.perf_counter(), passes
+    time.sleep(seconds)
+    alone = (passes - before) / (time.perf_counter() - start)
+    start, before = time.perf_counter(), passes
+    total = 0
+    while time.perf_counter() - start < seconds:  # pure Python: holds the GIL between checks
+        total += sum(i * i for i in range(1000))
+    beside = (passes - before) / (time.perf_counter() - start)
+    stop.set()
+    worker.join()
+    return beside / alone
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_forward")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -52,6 +85,11 @@ def main(argv: list[str] | None = None) -> None:
             rates = {name: images_per_second(host, batch) for name, host in hosts.items()}
             cells = " | ".join(f"{rate:.0f}" for rate in rates.values())
             print(f"| {threads} | {batch} | {cells} | {rates['traced'] / rates['eager']:.2f} |")
+    print()
+    print("| forward | passes beside a Python thread ÷ alone |")
+    print("|---|---|")
+    for name in ("eager", "traced"):
+        print(f"| {name} | {overlap(hosts[name]):.2f} |")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 
 import numpy as np
 import torch
@@ -77,35 +75,6 @@ def test_the_default_pool_is_traced_and_chunked() -> None:
         assert pool.batch_wait_s == 0.0
     finally:
         pool.close()
-
-
-def test_a_traced_forward_lets_python_threads_run() -> None:
-    """The traced forward releases the GIL for its whole length, so forwards keep running while
-    another thread runs pure Python (about 30 passes of 32 images in that second here; an
-    eager forward, which re-takes the GIL between layers, manages about 2)."""
-    host = load({"kind": "none"}, graph="trace")
-    x = np.random.default_rng(0).random((32, 1, 28, 28), dtype=np.float32)
-    passes = 0
-    stop = threading.Event()
-
-    def forwards() -> None:
-        nonlocal passes
-        while not stop.is_set():
-            host.forward(x)
-            passes += 1
-
-    worker = threading.Thread(target=forwards)
-    worker.start()
-    time.sleep(0.2)
-    before = passes
-    total = 0
-    deadline = time.perf_counter() + 1.0
-    while time.perf_counter() < deadline:  # hold the GIL as much as Python code can
-        total += sum(i * i for i in range(1000))
-    during = passes - before
-    stop.set()
-    worker.join()
-    assert total > 0 and during >= 8, f"only {during} forward passes while Python ran"
 
 
 def test_an_idle_batcher_answers_a_lone_request_at_once() -> None:
