@@ -155,6 +155,11 @@ class Experiment:
             raise ValueError("images, budget and eval_draws must be >= 1")
         if self.primary_epsilon not in self.epsilons:
             raise ValueError("primary_epsilon must be one of epsilons")
+        for attack in self.attacks:
+            unknown = sorted(set(attack.endpoints or ()) - set(names))
+            if unknown:
+                raise ValueError(f"attack {attack.key!r} names unknown endpoints: "
+                                 f"{', '.join(unknown)}")
         for endpoint in self.endpoints:
             if endpoint.url is None and endpoint.serve is None and self.serve is None:
                 raise ValueError(f"endpoint {endpoint.name!r} needs 'url' or 'serve' (or a "

@@ -1,0 +1,38 @@
+"""Experiment files: the committed ones are valid, and mistakes in one are caught on load."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from attacks_client.attacks import get_attack
+from attacks_client.experiment import Experiment
+
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_committed_experiments_load_and_their_attacks_accept_their_params(
+        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # files that read URLs and keys from the environment (compose.toml) get placeholders
+    for endpoint in tomllib.loads(path.read_text()).get("endpoints", []):
+        for key, value in endpoint.items():
+            if key.endswith("_env"):
+                monkeypatch.setenv(value, "http://placeholder:8000" if "url" in key else "key")
+    experiment = Experiment.load(path)
+    for attack in experiment.attacks:
+        get_attack(attack.name)(**attack.params)  # unknown names or params raise here
+    served = {m["name"] for m in (experiment.serve or {}).get("models", [])}
+    for endpoint in experiment.endpoints:
+        if endpoint.model is not None and endpoint.url is None and endpoint.serve is None:
+            assert endpoint.model in served, f"{endpoint.name}: no served model {endpoint.model}"
+    assert any(a.runs_on(e.name) for a in experiment.attacks for e in experiment.endpoints)
+
+
+def test_an_attack_naming_an_unknown_endpoint_is_refused() -> None:
+    raw = {"name": "typo", "endpoints": [{"name": "snd", "url": "http://x"}],
+           "attacks": [{"name": "hsja", "endpoints": ["sdn"]}]}
+    with pytest.raises(ValueError, match="unknown endpoints: sdn"):
+        Experiment.from_dict(raw)
