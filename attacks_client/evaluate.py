@@ -336,7 +336,9 @@ def evaluate(experiment: Experiment, out_dir: Path, *, workers: int = 1,
              progress: bool = True) -> Path:
     """Run (or resume) an experiment; start the endpoints that ask to be served locally."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "experiment.json").write_text(json.dumps(_describe(experiment), indent=1))
+    description = _describe(experiment)
+    _check_resume(out_dir, description)
+    (out_dir / "experiment.json").write_text(json.dumps(description, indent=1))
     with ExitStack() as stack:
         urls = {}
         shared = (stack.enter_context(LocalService(experiment.serve)).url
@@ -352,6 +354,23 @@ def evaluate(experiment: Experiment, out_dir: Path, *, workers: int = 1,
                 urls[endpoint.name] = endpoint.url
         Evaluation(experiment, out_dir, urls).run(workers, progress)
     return out_dir
+
+
+# what a record depends on besides its attack's params (checked per record by `jobs`)
+RECORD_SETTINGS = ("dataset", "seed", "budget", "checkpoints", "eval_draws")
+
+
+def _check_resume(out_dir: Path, description: dict[str, Any]) -> None:
+    """Refuse to add records to a directory whose records were made under other settings."""
+    previous = out_dir / "experiment.json"
+    if not previous.exists() or not _lines(out_dir / RECORDS):
+        return
+    old = json.loads(previous.read_text())
+    changed = [key for key in RECORD_SETTINGS if key in old and old[key] != description[key]]
+    if changed:
+        raise ResumeMismatch(
+            f"{out_dir} holds records made with other values of {', '.join(changed)} than the "
+            "config's; use a new output directory")
 
 
 def _describe(experiment: Experiment) -> dict[str, Any]:

@@ -150,6 +150,9 @@ def test_resuming_with_other_attack_parameters_is_refused(
     evaluation = Evaluation(changed, tmp_path, {e.name: e.url for e in changed.endpoints})
     with pytest.raises(ResumeMismatch, match="gamma"):
         evaluation.jobs([image])
+    # settings every record depends on are checked too, before anything runs
+    with pytest.raises(ResumeMismatch, match="budget"):
+        evaluate(dataclasses.replace(experiment, budget=300), tmp_path, progress=False)
     # the same values, spelled out, are no change
     same = dataclasses.replace(experiment, attacks=(
         AttackConfig(name="hsja"), AttackConfig(name="simba-dct", params={})))
