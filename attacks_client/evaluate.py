@@ -122,7 +122,9 @@ def build_record(experiment: Experiment, attack: AttackConfig, endpoint: Endpoin
         "checkpoints": checkpoints,
         "candidate_l2": [[int(q), _finite(result.l2_at(int(q)))] for q in grid],
         "mean_query_l2": float(result.query_l2.mean()) if len(result.query_l2) else None,
-        "p_mis": None if p_mis is None else {"mismatches": p_mis[0], "samples": p_mis[1]},
+        "p_mis": None if p_mis is None else {
+            "mismatches": p_mis[0], "samples": p_mis[1],
+            "reference": experiment.pmis_reference_of(endpoint).name},
         "judge_queries": judge_queries,
     }
 
@@ -189,9 +191,13 @@ class Evaluation:
             return
         limit = self.experiment.accuracy_images or len(data)
         images, labels = data.images[:limit], data.labels[:limit]
-        with self.oracle(self.experiment.reference, evaluator=True) as reference:
-            clean = reference.labels(images)
+        clean_by_reference: dict[str, np.ndarray] = {}
         for endpoint in todo:
+            reference = self.experiment.pmis_reference_of(endpoint)
+            if reference.name not in clean_by_reference:
+                with self.oracle(reference, evaluator=True) as oracle:
+                    clean_by_reference[reference.name] = oracle.labels(images)
+            clean = clean_by_reference[reference.name]
             with self.oracle(endpoint, evaluator=True) as oracle:
                 accuracies, mismatch = [], []
                 for _ in range(self.experiment.accuracy_repeats):
@@ -200,6 +206,7 @@ class Evaluation:
                     mismatch.append(float((answers != clean).mean()))
                 record = {"endpoint": endpoint.name, "accuracies": accuracies, "images": limit,
                           "clean_p_mis": float(np.mean(mismatch)), "defense": oracle.defense,
+                          "pmis_reference": reference.name,
                           "sigma_hat": self.sigma_hat(endpoint, oracle, images, labels)}
             with path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
@@ -270,7 +277,8 @@ class Evaluation:
             judge_queries = evaluator.queries
             p_mis = None
             if recording.images:
-                reference = stack.enter_context(self.oracle(exp.reference, evaluator=True))
+                reference = stack.enter_context(
+                    self.oracle(exp.pmis_reference_of(endpoint), evaluator=True))
                 clean = reference.labels(np.stack(recording.images))
                 p_mis = (int((clean != np.array(recording.answers)).sum()), len(clean))
         return build_record(exp, attack, endpoint, image, result, verdicts, p_mis,

@@ -17,9 +17,12 @@ url = "http://127.0.0.1:8000"   # or: serve = { defense = "none" } to start one 
                                 # or: url_env = "UNDEFENDED_URL" (read from the environment)
 model = "resnet20-mnist"
 api_key_env = "ATTACKER_KEY"    # attacker identity; eval_api_key_env for the evaluator
+# pmis_reference = "pgdat"      # whose answers are h(x) for this endpoint's P_mis (default:
+                                # the reference endpoint; set it for a model behind SND)
 
 # Or one local server for every endpoint without url/serve (endpoints pick its models):
 # [serve]
+# workers = 2                   # server processes (uvicorn workers); the rest are SND_ settings
 # models = [{ name = "none", zoo = "resnet20-mnist", defense = { kind = "none" } }, ...]
 
 [[attacks]]
@@ -51,6 +54,9 @@ class EndpointConfig:
     eval_api_key: str | None = None
     serve: dict[str, Any] | None = None
     reference: bool = False
+    # the endpoint whose answers are h(x) for this one's P_mis (default: the reference); e.g.
+    # the adversarially trained model for the same model behind SND
+    pmis_reference: str | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> EndpointConfig:
@@ -161,6 +167,9 @@ class Experiment:
                 raise ValueError(f"attack {attack.key!r} names unknown endpoints: "
                                  f"{', '.join(unknown)}")
         for endpoint in self.endpoints:
+            if endpoint.pmis_reference is not None and endpoint.pmis_reference not in names:
+                raise ValueError(f"endpoint {endpoint.name!r}: pmis_reference "
+                                 f"{endpoint.pmis_reference!r} is not an endpoint")
             if endpoint.url is None and endpoint.serve is None and self.serve is None:
                 raise ValueError(f"endpoint {endpoint.name!r} needs 'url' or 'serve' (or a "
                                  "top-level [serve] table for one shared local server)")
@@ -170,6 +179,12 @@ class Experiment:
         """The checkpoints within the budget, and the budget itself."""
         points = sorted({q for q in self.checkpoints if q <= self.budget} | {self.budget})
         return tuple(points)
+
+    def pmis_reference_of(self, endpoint: EndpointConfig) -> EndpointConfig:
+        """The endpoint answering h(x) for ``endpoint``'s P_mis."""
+        if endpoint.pmis_reference is None:
+            return self.reference
+        return next(e for e in self.endpoints if e.name == endpoint.pmis_reference)
 
     @property
     def reference(self) -> EndpointConfig:

@@ -150,6 +150,8 @@ def test_resuming_with_other_attack_parameters_is_refused(
     evaluation = Evaluation(changed, tmp_path, {e.name: e.url for e in changed.endpoints})
     with pytest.raises(ResumeMismatch, match="gamma"):
         evaluation.jobs([image])
+    # P_mis names the endpoint it was measured against (the reference by default)
+    assert {r["p_mis"]["reference"] for r in records(tmp_path)} == {experiment.reference.name}
     # settings every record depends on are checked too, before anything runs
     with pytest.raises(ResumeMismatch, match="budget"):
         evaluate(dataclasses.replace(experiment, budget=300), tmp_path, progress=False)

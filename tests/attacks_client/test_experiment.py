@@ -36,3 +36,18 @@ def test_an_attack_naming_an_unknown_endpoint_is_refused() -> None:
            "attacks": [{"name": "hsja", "endpoints": ["sdn"]}]}
     with pytest.raises(ValueError, match="unknown endpoints: sdn"):
         Experiment.from_dict(raw)
+
+
+def test_a_pmis_reference_must_be_an_endpoint_and_defaults_to_the_reference() -> None:
+    endpoints: list[dict[str, object]] = [
+                 {"name": "plain", "url": "http://x", "reference": True},
+                 {"name": "at", "url": "http://y"},
+                 {"name": "at-snd", "url": "http://z", "pmis_reference": "at"}]
+    experiment = Experiment.from_dict({"name": "p", "endpoints": endpoints,
+                                       "attacks": [{"name": "hsja"}]})
+    by_name = {e.name: e for e in experiment.endpoints}
+    assert experiment.pmis_reference_of(by_name["at-snd"]).name == "at"
+    assert experiment.pmis_reference_of(by_name["at"]).name == "plain"
+    endpoints[2]["pmis_reference"] = "nope"
+    with pytest.raises(ValueError, match="pmis_reference 'nope'"):
+        Experiment.from_dict({"name": "p", "endpoints": endpoints, "attacks": [{"name": "hsja"}]})
