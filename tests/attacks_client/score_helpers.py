@@ -12,6 +12,7 @@ import functools
 import numpy as np
 import torch
 
+from attacks_client.attacks.base import Attack
 from attacks_client.data import embedded_mnist
 from attacks_client.oracle import FunctionOracle
 
@@ -49,6 +50,20 @@ def correct_images(count: int = 8) -> tuple[np.ndarray, np.ndarray]:
     labels = victim_predict(data.images[:100]).argmax(1)
     keep = np.flatnonzero(labels == data.labels[:100])[:count]
     return data.images[keep], data.labels[keep]
+
+
+def assert_converges_on_victim(attack: Attack, budget: int, epsilon: float,
+                               images: int = 3) -> None:
+    """``attack`` finds, within ``budget`` queries, an adversarial example within ``epsilon`` on
+    each of the first ``images`` correctly classified test images of the embedded victim."""
+    xs, labels = correct_images()
+    for x0, label in zip(xs[:images], labels[:images], strict=True):
+        oracle = victim_oracle()
+        result = attack(oracle, x0, int(label), budget, seed=0)
+        assert result.stop_reason == "converged" and result.final_candidate is not None
+        assert result.queries == oracle.queries <= budget
+        assert victim_predict(result.final_candidate[None]).argmax() != label
+        assert result.final_l2 <= epsilon + 1e-4
 
 
 def linear_oracle(shape: tuple[int, int, int], seed: int = 0,

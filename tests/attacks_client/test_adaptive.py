@@ -76,6 +76,7 @@ def test_repeat_counts_agree_with_the_server(server: ServiceProcess, name: str) 
             oracle: Oracle = RepeatOracle(http, repeats) if repeats > 1 else http
             result = attack(oracle, x0, label, 20 * repeats, seed=0)
             assert result.stop_reason == "budget"
+            assert http.server_queries is not None
             assert result.queries == http.queries == http.server_queries - start
         spent[repeats] = result.queries
     assert spent[3] == 3 * spent[1]
@@ -89,6 +90,7 @@ def test_an_attack_over_http_succeeds_and_counts_exactly(server: ServiceProcess)
         with HttpOracle(server.url, "resnet20-mnist", output="scores") as http:
             result = attack(http, x0, int(label), 2000, seed=0)
             assert result.stop_reason == "converged" and result.final_candidate is not None
+            assert http.server_queries is not None
             assert result.queries == http.queries == http.server_queries - start
             assert http.labels(result.final_candidate[None])[0] != label
 

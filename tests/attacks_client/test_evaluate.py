@@ -58,6 +58,10 @@ def small_grid(servers: dict[str, ServiceProcess], images: int = 2) -> Experimen
     )
 
 
+def endpoint_urls(experiment: Experiment) -> dict[str, str]:
+    return {e.name: str(e.url) for e in experiment.endpoints}
+
+
 def usage(server: ServiceProcess, caller: str) -> int:
     r = httpx.get(f"{server.url}/usage/{caller}", headers={"Authorization": f"Bearer {ADMIN}"})
     r.raise_for_status()
@@ -125,7 +129,7 @@ def test_a_killed_run_resumes_without_redoing_records(
     assert len(lines) == 4
     # a run killed after two records: only those two survive
     (tmp_path / RECORDS).write_text("\n".join(lines[:2]) + "\n")
-    evaluation = Evaluation(experiment, tmp_path, {e.name: e.url for e in experiment.endpoints})
+    evaluation = Evaluation(experiment, tmp_path, endpoint_urls(experiment))
     images = evaluation.select_images(__import__("attacks_client.data").data.load_images())
     missing = evaluation.jobs(images)
     assert len(missing) == 2
@@ -147,7 +151,7 @@ def test_resuming_with_other_attack_parameters_is_refused(
     image = records(tmp_path)[0]["image"]
     changed = dataclasses.replace(experiment, attacks=(
         AttackConfig(name="hsja", params={"gamma": 2.0}), AttackConfig(name="simba-dct")))
-    evaluation = Evaluation(changed, tmp_path, {e.name: e.url for e in changed.endpoints})
+    evaluation = Evaluation(changed, tmp_path, endpoint_urls(changed))
     with pytest.raises(ResumeMismatch, match="gamma"):
         evaluation.jobs([image])
     # P_mis names the endpoint it was measured against (the reference by default)
@@ -158,7 +162,7 @@ def test_resuming_with_other_attack_parameters_is_refused(
     # the same values, spelled out, are no change
     same = dataclasses.replace(experiment, attacks=(
         AttackConfig(name="hsja"), AttackConfig(name="simba-dct", params={})))
-    assert Evaluation(same, tmp_path, {e.name: e.url for e in same.endpoints}).jobs([image]) == []
+    assert Evaluation(same, tmp_path, endpoint_urls(same)).jobs([image]) == []
 
 
 def test_recording_oracle_keeps_a_uniform_sample() -> None:
