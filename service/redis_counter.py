@@ -9,16 +9,22 @@ Keys (``prefix`` defaults to ``snd:``; one Redis instance, not a cluster):
   script (after a timeout whose reply was lost) is not counted twice.
 
 ``charge`` is one Lua script: read the budget, sum the caller's counts, add ``n`` only if the sum
-stays within the budget. Every connection or timeout error becomes ``CounterUnavailable``; the
-connection pool reconnects by itself on the next call once Redis is back.
+stays within the budget. Charges that arrive together are coalesced: the first one of an event-loop
+tick starts a flush, the others made in the same tick (or while that flush is in flight) join it,
+and one script call applies them all in arrival order, each with its own budget check and token.
+Under concurrent load this pays one Redis round trip for many requests. Every connection or timeout
+error becomes ``CounterUnavailable`` (for every charge of the call); the connection pool
+reconnects by itself on the next call once Redis is back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as redis
@@ -30,34 +36,47 @@ from service.accounting import Charge, CounterUnavailable
 
 log = logging.getLogger(__name__)
 
-# KEYS: usage hash, budget key, callers set, charge token
-# ARGV: caller, model, n, default budget ('' = none), token ttl seconds
+# Charges applied in order, four KEYS each: usage hash, budget key, callers set, charge token.
+# ARGV: token ttl seconds, then four per charge: caller, model, n, default budget ('' = none).
+# Returns three integers per charge: allowed (0/1), the caller's total after it, budget (-1 none).
 CHARGE_LUA = """
-local done = redis.call('GET', KEYS[4])
-if done then
-  local a, u, b = string.match(done, '^(%-?%d+),(%-?%d+),(%-?%d+)$')
-  return {tonumber(a), tonumber(u), tonumber(b)}
+local out = {}
+local ttl = tonumber(ARGV[1])
+for i = 0, #KEYS / 4 - 1 do
+  local usage_key, budget_key = KEYS[4 * i + 1], KEYS[4 * i + 2]
+  local callers_key, token_key = KEYS[4 * i + 3], KEYS[4 * i + 4]
+  local caller, model = ARGV[4 * i + 2], ARGV[4 * i + 3]
+  local n, default_budget = tonumber(ARGV[4 * i + 4]), ARGV[4 * i + 5]
+  local allowed, used, b
+  local done = redis.call('GET', token_key)
+  if done then
+    local a, u, d = string.match(done, '^(%-?%d+),(%-?%d+),(%-?%d+)$')
+    allowed, used, b = tonumber(a), tonumber(u), tonumber(d)
+  else
+    local budget = redis.call('GET', budget_key) or default_budget
+    used = 0
+    for _, count in ipairs(redis.call('HVALS', usage_key)) do
+      used = used + tonumber(count)
+    end
+    allowed = 1
+    if budget ~= '' and used + n > tonumber(budget) then
+      allowed = 0
+    else
+      redis.call('HINCRBY', usage_key, model, n)
+      redis.call('SADD', callers_key, caller)
+      used = used + n
+    end
+    b = -1
+    if budget ~= '' then b = tonumber(budget) end
+    redis.call('SET', token_key, string.format('%d,%d,%d', allowed, used, b), 'EX', ttl)
+  end
+  out[#out + 1] = allowed
+  out[#out + 1] = used
+  out[#out + 1] = b
 end
-local budget = redis.call('GET', KEYS[2]) or ARGV[4]
-local used = 0
-for _, count in ipairs(redis.call('HVALS', KEYS[1])) do
-  used = used + tonumber(count)
-end
-local n = tonumber(ARGV[3])
-local allowed = 1
-if budget ~= '' and used + n > tonumber(budget) then
-  allowed = 0
-else
-  redis.call('HINCRBY', KEYS[1], ARGV[2], n)
-  redis.call('SADD', KEYS[3], ARGV[1])
-  used = used + n
-end
-local b = -1
-if budget ~= '' then b = tonumber(budget) end
-redis.call('SET', KEYS[4], string.format('%d,%d,%d', allowed, used, b), 'EX',
-           tonumber(ARGV[5]))
-return {allowed, used, b}
+return out
 """
+MAX_CHARGES_PER_CALL = 256  # bounds one script's run time (Redis runs scripts alone)
 
 # KEYS: usage hash, refund token; ARGV: model, n, token ttl seconds. Never takes a count below
 # zero; a retried refund (same token) is applied once.
@@ -68,6 +87,15 @@ local n = math.min(count, tonumber(ARGV[2]))
 if n > 0 then redis.call('HINCRBY', KEYS[1], ARGV[1], -n) end
 return n
 """
+
+
+@dataclass
+class _PendingCharge:
+    """One charge waiting for the next script call: its four keys, four arguments and waiter."""
+
+    keys: list[str]
+    args: list[str | int]
+    waiter: asyncio.Future[Charge]
 
 
 class RedisCounter:
@@ -99,6 +127,8 @@ class RedisCounter:
         # request, unlike uuid4)
         self._token_prefix = uuid.uuid4().hex
         self._token_seq = itertools.count()
+        self._pending: list[_PendingCharge] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     def _usage_key(self, caller: str) -> str:
         return f"{self.prefix}usage:{caller}"
@@ -132,13 +162,53 @@ class RedisCounter:
         self, caller: str, model: str, n: int, default_budget: int | None, token: str
     ) -> Charge:
         """``charge`` with an explicit idempotency token: the same token counts once."""
-        keys = [self._usage_key(caller), self._budget_key(caller), self._callers_key,
-                f"{self.prefix}charge:{token}"]
-        args: list[str | int] = [
-            caller, model, n, "" if default_budget is None else default_budget, self.token_ttl_s
-        ]
-        allowed, used, budget = await self._call(lambda: self._charge(keys=keys, args=args))
-        return Charge(bool(allowed), int(used), None if int(budget) < 0 else int(budget))
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Charge] = loop.create_future()
+        self._pending.append(_PendingCharge(
+            keys=[self._usage_key(caller), self._budget_key(caller), self._callers_key,
+                  f"{self.prefix}charge:{token}"],
+            args=[caller, model, n, "" if default_budget is None else default_budget],
+            waiter=waiter,
+        ))
+        flusher = self._flusher
+        if flusher is None or flusher.done() or flusher.get_loop() is not loop:
+            # runs after the tasks already scheduled in this tick, so their charges join it
+            self._flusher = loop.create_task(self._flush())
+        return await waiter
+
+    async def _flush(self) -> None:
+        """Apply the pending charges, one script call at a time, until none is left."""
+        while self._pending:
+            batch = self._pending[:MAX_CHARGES_PER_CALL]
+            del self._pending[:MAX_CHARGES_PER_CALL]
+            try:
+                await self._apply(batch)
+            except BaseException as exc:
+                cancelled = not isinstance(exc, Exception)  # the loop is going away
+                failed = batch + self._pending if cancelled else batch
+                if cancelled:
+                    self._pending = []
+                reason = str(exc) if isinstance(exc, CounterUnavailable) else repr(exc)
+                for pending in failed:
+                    if not pending.waiter.done():
+                        pending.waiter.set_exception(CounterUnavailable(reason))
+                if cancelled:
+                    raise
+
+    async def _apply(self, batch: list[_PendingCharge]) -> None:
+        keys = [key for pending in batch for key in pending.keys]
+        args: list[str | int] = [self.token_ttl_s]
+        for pending in batch:
+            args.extend(pending.args)
+        flat = await self._call(lambda: self._charge(keys=keys, args=args))
+        if len(flat) != 3 * len(batch):
+            raise CounterUnavailable(f"charge script answered {len(flat)} values "
+                                     f"for {len(batch)} charges")
+        for i, pending in enumerate(batch):
+            allowed, used, budget = (int(v) for v in flat[3 * i:3 * i + 3])
+            if not pending.waiter.done():  # a waiter cancelled meanwhile is still counted
+                pending.waiter.set_result(Charge(bool(allowed), used,
+                                                 None if budget < 0 else budget))
 
     async def refund(self, caller: str, model: str, n: int) -> None:
         keys = [self._usage_key(caller),

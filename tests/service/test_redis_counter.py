@@ -137,6 +137,51 @@ def test_concurrent_charges_are_atomic(redis_server: RedisProcess) -> None:
     run(body)
 
 
+async def _script_calls(url: str) -> int:
+    """How many ``EVALSHA`` commands this redis-server has run so far."""
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_concurrent_charges_share_script_calls(redis_server: RedisProcess) -> None:
+    """Charges made in one tick go to Redis together (far fewer script calls than charges),
+    each still with its own budget check, in arrival order, and its own answer."""
+    async def body() -> None:
+        counter = RedisCounter(redis_server.url, prefix=f"test-{uuid.uuid4().hex[:8]}:",
+                               timeout=GENEROUS)
+        await counter.charge("key:warm", "m", 1, None)  # loads the script
+        before = await _script_calls(redis_server.url)
+        results = await asyncio.gather(*(
+            counter.charge(f"key:{i % 2}", "m", 1 + i % 3, 40) for i in range(60)
+        ))
+        calls = await _script_calls(redis_server.url) - before
+        assert 1 <= calls <= 3
+        for caller in (0, 1):
+            mine = [(r, 1 + i % 3) for i, r in enumerate(results) if i % 2 == caller]
+            # in arrival order: running totals, refusals only once the budget is near
+            totals = [r.used for r, _ in mine if r.allowed]
+            assert totals == sorted(totals) and len(set(totals)) == len(totals)
+            allowed = sum(n for r, n in mine if r.allowed)
+            assert sum((await counter.usage(f"key:{caller}")).values()) == allowed <= 40
+            assert all(40 - r.used < n for r, n in mine if not r.allowed)
+        # a cancelled waiter does not break the others in its call
+        waiters = [asyncio.ensure_future(counter.charge("key:c", "m", 1, None))
+                   for _ in range(5)]
+        await asyncio.sleep(0)
+        waiters[0].cancel()
+        answers = await asyncio.gather(*waiters[1:])
+        assert sorted(a.used for a in answers)[-1] == (await counter.usage("key:c"))["m"]
+        await counter.close()
+
+    run(body)
+
+
 def test_a_retried_charge_or_refund_counts_once(redis_server: RedisProcess) -> None:
     async def body() -> None:
         counter = RedisCounter(redis_server.url, prefix=f"test-{uuid.uuid4().hex[:8]}:",
@@ -176,6 +221,10 @@ def test_unreachable_redis_raises_quickly() -> None:
         for call in calls:
             with pytest.raises(CounterUnavailable):
                 await call
+        # charges coalesced into one failing call all fail, and none hangs
+        together = await asyncio.gather(*(counter.charge(f"key:{i}", "m", 1, None)
+                                          for i in range(10)), return_exceptions=True)
+        assert all(isinstance(r, CounterUnavailable) for r in together)
         assert time.monotonic() - start < 5
         await counter.close()
 
