@@ -80,7 +80,7 @@ def test_a_full_queue_refuses_new_work() -> None:
                                  max_queue=8)
         tasks = [asyncio.create_task(batcher.submit(np.zeros((4, 1, 2, 2), np.float32)))
                  for _ in range(4)]
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        results: list[object] = list(await asyncio.gather(*tasks, return_exceptions=True))
         await batcher.close()
         return results
 

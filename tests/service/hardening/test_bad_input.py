@@ -50,8 +50,8 @@ def as_json(text: str) -> dict[str, Any]:
     return {"content": text.encode(), "headers": {"Content-Type": "application/json"}}
 
 
-def as_npy(array: np.ndarray, **params: str) -> dict[str, Any]:
-    return {"content": npy(array), "params": params,
+def as_npy(array: np.ndarray | np.generic, **params: str) -> dict[str, Any]:
+    return {"content": npy(np.asarray(array)), "params": params,
             "headers": {"Content-Type": "application/x-npy"}}
 
 

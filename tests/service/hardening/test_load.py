@@ -123,7 +123,7 @@ def test_a_request_past_its_timeout_is_504_and_refunded() -> None:
                         headers={"Content-Type": "application/octet-stream"})
 
                 start = time.perf_counter()
-                responses = await asyncio.gather(send(), send(), send())
+                responses = list(await asyncio.gather(send(), send(), send()))
                 responses.append(await send())
                 assert time.perf_counter() - start < 10
                 for response in responses:
