@@ -206,6 +206,7 @@ class Evaluation:
                     mismatch.append(float((answers != clean).mean()))
                 record = {"endpoint": endpoint.name, "accuracies": accuracies, "images": limit,
                           "clean_p_mis": float(np.mean(mismatch)), "defense": oracle.defense,
+                          "architecture": oracle.architecture,
                           "pmis_reference": reference.name,
                           "sigma_hat": self.sigma_hat(endpoint, oracle, images, labels)}
             with path.open("a") as fh:

@@ -78,6 +78,7 @@ class HttpOracle:
         self.num_classes: int = int(info["num_classes"])
         self.outputs: list[str] = list(info.get("outputs", ["label", "scores"]))
         self.defense: dict[str, Any] = dict(info.get("defense", {}))
+        self.architecture: str | None = info.get("architecture")  # the zoo network, if told
         self.max_batch = max_batch or DEFAULT_MAX_BATCH
         if self.output == "scores" and "scores" not in self.outputs:
             self.close()

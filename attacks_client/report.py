@@ -63,6 +63,23 @@ class Run:
                 return dict(row.get("defense") or {})
         return {}
 
+    def architecture(self, row: dict[str, Any]) -> str | None:
+        """The network behind an accuracy row's endpoint: as ``/models`` told it, or else (rows
+        written before that was recorded) the zoo entry of a model this run served itself."""
+        if row.get("architecture"):
+            return str(row["architecture"])
+        endpoint = next((e for e in self.experiment["endpoints"]
+                         if e["name"] == row["endpoint"]), None)
+        served = (endpoint or {}).get("serve") or self.experiment.get("serve") or {}
+        if endpoint is None or endpoint.get("url"):
+            return None
+        if served.get("zoo") and not served.get("models"):
+            return str(served["zoo"])
+        for model in served.get("models", []):
+            if model.get("name") == endpoint.get("model") and model.get("zoo"):
+                return str(model["zoo"])
+        return None
+
 
 def success_rate(records: list[dict[str, Any]], q: int, epsilon: float) -> float:
     hits = [
@@ -142,17 +159,19 @@ class Report:
         for row in self.run.accuracy:
             acc = np.array(row["accuracies"]) * 100
             clean_p_mis, sigma_hat = row.get("clean_p_mis"), row.get("sigma_hat")
-            rows.append([row["endpoint"], describe_defense(row.get("defense") or {}),
+            architecture = self.run.architecture(row)
+            rows.append([row["endpoint"], architecture or "–",
+                         describe_defense(row.get("defense") or {}),
                          f"{acc.mean():.2f} ± {acc.std():.2f}", str(len(acc)), str(row["images"]),
                          "–" if clean_p_mis is None else f"{clean_p_mis:.4f}",
                          "–" if sigma_hat is None else f"{sigma_hat:.4f}"])
-            csv_rows.append([row["endpoint"], acc.mean(), acc.std(), len(acc), row["images"],
-                             clean_p_mis, sigma_hat])
+            csv_rows.append([row["endpoint"], architecture, acc.mean(), acc.std(),
+                             len(acc), row["images"], clean_p_mis, sigma_hat])
         write_csv(self.tables / "table1_clean_accuracy.csv",
-                  ["endpoint", "accuracy_mean", "accuracy_std", "repeats", "images",
+                  ["endpoint", "architecture", "accuracy_mean", "accuracy_std", "repeats", "images",
                    "clean_p_mis", "sigma_hat"], csv_rows)
-        return markdown_table(["Endpoint", "Defense", "Clean accuracy (%)", "Repeats", "Images",
-                               "P_mis on clean images", "σ̂ (margin-loss std)"], rows)
+        return markdown_table(["Endpoint", "Model", "Defense", "Clean accuracy (%)", "Repeats",
+                               "Images", "P_mis on clean images", "σ̂ (margin-loss std)"], rows)
 
     def success_table(self, attacks: list[dict[str, Any]], epsilon: float, name: str) -> str:
         header = ["Endpoint"] + [f"{a['key']} {short(q)}" for a in attacks

@@ -23,7 +23,7 @@ from attacks_client.evaluate import (
 )
 from attacks_client.experiment import AttackConfig, EndpointConfig, Experiment
 from attacks_client.oracle import FunctionOracle
-from attacks_client.report import report
+from attacks_client.report import Run, report
 from tests.servers import ServiceProcess
 
 KEYS = {"attacker": "attacker-secret", "evaluator": "evaluator-secret"}
@@ -106,6 +106,8 @@ def test_small_grid_end_to_end(keyed_servers: dict[str, ServiceProcess], tmp_pat
     assert all(r["p_mis"]["mismatches"] == 0 for r in rows if r["endpoint"] == "none")
     clean = {r["endpoint"]: r for r in map(json.loads, (tmp_path / "accuracy.jsonl").open())}
     assert clean["none"]["clean_p_mis"] == 0 and clean["none"]["sigma_hat"] < 1e-4  # float noise
+    # the served network is named (zoo-defended models such as RSE show "none" as defense)
+    assert {r["architecture"] for r in clean.values()} == {"resnet20-mnist"}
     assert clean["snd"]["sigma_hat"] > 0  # the margin loss moves under σ = 0.01 noise
 
     path = report(tmp_path)
@@ -187,3 +189,20 @@ def test_experiment_toml_is_validated(tmp_path: Path) -> None:
                     '[[attacks]]\nname = "hsja"\nrepeat = 5\n')
     experiment = Experiment.load(path)
     assert experiment.serve == {"defense": "none"} and experiment.attacks[0].key == "hsja (T=5)"
+
+
+def test_report_names_the_network_of_rows_written_without_it(tmp_path: Path) -> None:
+    """Accuracy rows from before ``architecture`` was recorded take the zoo entry of the model
+    the run served; an endpoint at an outside URL stays unnamed."""
+    experiment = {
+        "endpoints": [{"name": "rse", "serve": None, "url": None, "model": "rse"},
+                      {"name": "own", "serve": {"zoo": "resnet20-mnist"}, "url": None,
+                       "model": None},
+                      {"name": "far", "serve": None, "url": "http://example.test", "model": "x"}],
+        "serve": {"models": [{"name": "rse", "zoo": "resnet20-mnist-rse"}]},
+    }
+    run = Run(tmp_path, experiment, [], [])
+    assert run.architecture({"endpoint": "rse"}) == "resnet20-mnist-rse"
+    assert run.architecture({"endpoint": "own"}) == "resnet20-mnist"
+    assert run.architecture({"endpoint": "far"}) is None
+    assert run.architecture({"endpoint": "far", "architecture": "resnet50"}) == "resnet50"

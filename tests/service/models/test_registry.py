@@ -41,7 +41,8 @@ def test_registry_entries() -> None:
 
 def test_packaged_mnist_model_takes_unit_pixels() -> None:
     model = get_spec("resnet20-mnist").build()
-    assert model.get_buffer("mean").item() == pytest.approx(0.1307)  # normalization inside the model
+    # normalization inside the model
+    assert model.get_buffer("mean").item() == pytest.approx(0.1307)
     with torch.inference_mode():
         assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
