@@ -15,7 +15,8 @@ from rich.table import Table
 
 from attacks_client.evaluate import evaluate
 from attacks_client.experiment import AttackConfig, EndpointConfig, Experiment
-from attacks_client.report import Run, mean_query_l2, median_l2, success_rate
+from attacks_client.measures import mean_query_l2, median_l2, success_rate
+from attacks_client.report import Run
 
 DEMO_ATTACKS = ("hsja", "simba-dct")
 

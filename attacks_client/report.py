@@ -20,6 +20,14 @@ from typing import Any
 import numpy as np
 
 from attacks_client.evaluate import ACCURACY, RECORDS
+from attacks_client.measures import (
+    mean_query_l2,
+    median_l2,
+    p_mis,
+    success_counts,
+    success_rate,
+    wilson_interval,
+)
 
 
 @dataclass
@@ -79,31 +87,6 @@ class Run:
             if model.get("name") == endpoint.get("model") and model.get("zoo"):
                 return str(model["zoo"])
         return None
-
-
-def success_rate(records: list[dict[str, Any]], q: int, epsilon: float) -> float:
-    hits = [
-        c["misclassified"] and c["l2"] is not None and c["l2"] <= epsilon
-        for c in (r["checkpoints"][str(q)] for r in records)
-    ]
-    return float(np.mean(hits)) if hits else math.nan
-
-
-def mean_query_l2(records: list[dict[str, Any]], q: int) -> float:
-    values = [r["checkpoints"][str(q)]["query_l2"] for r in records]
-    finite = [v for v in values if v is not None]
-    return float(np.mean(finite)) if finite else math.nan
-
-
-def median_l2(records: list[dict[str, Any]], q: int) -> float:
-    values = [r["checkpoints"][str(q)]["l2"] for r in records]
-    return float(np.median([math.inf if v is None else v for v in values])) if values else math.nan
-
-
-def p_mis(records: list[dict[str, Any]]) -> float:
-    stats = [r["p_mis"] for r in records if r.get("p_mis")]
-    samples = sum(s["samples"] for s in stats)
-    return sum(s["mismatches"] for s in stats) / samples if samples else math.nan
 
 
 def short(q: int) -> str:
@@ -208,6 +191,29 @@ class Report:
                 cells.append(f"{rates} ({fmt_l2(median_l2(records, q))}; n={len(records)})"
                              if records else "–")
             rows.append(cells)
+        return markdown_table(["Attack"] + endpoints, rows)
+
+    def interval_table(self, epsilon: float) -> str:
+        """Success at ``epsilon`` after the full budget as hits / images, with the 95% Wilson
+        interval: how far a rate over this many images can be trusted."""
+        q = self.run.checkpoints[-1]
+        endpoints = [e for e in self.run.endpoints
+                     if any(self.run.select(a["key"], e) for a in self.run.attacks)]
+        rows, csv_rows = [], []
+        for attack in self.run.attacks:
+            cells = [attack["key"]]
+            for endpoint in endpoints:
+                hits, n = success_counts(self.run.select(attack["key"], endpoint), q, epsilon)
+                if not n:
+                    cells.append("–")
+                    continue
+                lo, hi = wilson_interval(hits, n)
+                cells.append(f"{hits}/{n} [{lo * 100:.0f}–{hi * 100:.0f}]")
+                csv_rows.append([attack["key"], endpoint, hits, n, lo, hi])
+            rows.append(cells)
+        write_csv(self.tables / f"success_interval_eps{epsilon}.csv",
+                  ["attack", "endpoint", "successes", "images", "wilson95_low", "wilson95_high"],
+                  csv_rows)
         return markdown_table(["Attack"] + endpoints, rows)
 
     def median_table(self) -> str:
@@ -347,6 +353,9 @@ class Report:
             "",
             self.glance_table(list(exp["epsilons"])),
         ]
+        parts += ["", f"## Success at ε = {eps} after {exp['budget']} queries, with 95% "
+                  "intervals", "", "Each cell: successes / images [Wilson 95% interval, %].",
+                  "", self.interval_table(eps)]
         plain = self.plain_attacks()
         for epsilon in exp["epsilons"]:
             name = f"table2_success_eps{epsilon}"

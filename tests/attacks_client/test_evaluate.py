@@ -113,13 +113,14 @@ def test_small_grid_end_to_end(keyed_servers: dict[str, ServiceProcess], tmp_pat
     path = report(tmp_path)
     text = path.read_text()
     for heading in ("Table 1", "Tables 2/3", "ε = 3.0", "Table 5", "Table 7", "Median L2",
-                    "At a glance"):
+                    "At a glance", "95% intervals"):
         assert heading in text
     # the glance row of each attack has one cell per endpoint, with that cell's image count
     glance = text.split("## At a glance")[1].split("\n## ")[0]
     hsja_row = next(line for line in glance.splitlines() if line.startswith("| hsja |"))
     assert hsja_row.count("n=2") == len(keyed_servers)
     assert (tmp_path / "tables" / "table1_clean_accuracy.csv").exists()
+    assert (tmp_path / "tables" / "success_interval_eps1.5.csv").exists()
     assert (tmp_path / "plots" / "l2_hsja.png").stat().st_size > 1000
 
 

@@ -1,0 +1,55 @@
+"""What the report measures on a cell of records (one attack on one endpoint).
+
+``success_rate`` follows DESIGN section 7: a record succeeds at ``q`` when its candidate after
+``q`` queries lies within ``epsilon`` and the attacked endpoint misclassified it. The Wilson
+score interval gives the uncertainty of a rate over n images (Wilson 1927; it stays inside
+[0, 1] and is sound at 0/n and n/n, where the normal approximation collapses to a point).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+def success_counts(records: list[dict[str, Any]], q: int, epsilon: float) -> tuple[int, int]:
+    """(successes, images) at checkpoint ``q`` and radius ``epsilon``."""
+    hits = [
+        bool(c["misclassified"] and c["l2"] is not None and c["l2"] <= epsilon)
+        for c in (r["checkpoints"][str(q)] for r in records)
+    ]
+    return sum(hits), len(hits)
+
+
+def success_rate(records: list[dict[str, Any]], q: int, epsilon: float) -> float:
+    hits, n = success_counts(records, q, epsilon)
+    return hits / n if n else math.nan
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial rate (95% for ``z = 1.96``)."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_query_l2(records: list[dict[str, Any]], q: int) -> float:
+    values = [r["checkpoints"][str(q)]["query_l2"] for r in records]
+    finite = [v for v in values if v is not None]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def median_l2(records: list[dict[str, Any]], q: int) -> float:
+    values = [r["checkpoints"][str(q)]["l2"] for r in records]
+    return float(np.median([math.inf if v is None else v for v in values])) if values else math.nan
+
+
+def p_mis(records: list[dict[str, Any]]) -> float:
+    stats = [r["p_mis"] for r in records if r.get("p_mis")]
+    samples = sum(s["samples"] for s in stats)
+    return sum(s["mismatches"] for s in stats) / samples if samples else math.nan
