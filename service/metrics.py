@@ -50,6 +50,11 @@ FORWARD_BATCH = Histogram(
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )
+ACCOUNTING_CHARGES_PER_CALL = Histogram(
+    "snd_accounting_charges_per_call",
+    "Charges applied by one Redis script call (requests that arrived together share a call)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 REQUEST_LATENCY = Histogram(
     "snd_request_duration_seconds",
     "HTTP request latency, by route template and status",

@@ -33,6 +33,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from service.accounting import Charge, CounterUnavailable
+from service.metrics import ACCOUNTING_CHARGES_PER_CALL
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,7 @@ class RedisCounter:
         args: list[str | int] = [self.token_ttl_s]
         for pending in batch:
             args.extend(pending.args)
+        ACCOUNTING_CHARGES_PER_CALL.observe(len(batch))
         flat = await self._call(lambda: self._charge(keys=keys, args=args))
         if len(flat) != 3 * len(batch):
             raise CounterUnavailable(f"charge script answered {len(flat)} values "

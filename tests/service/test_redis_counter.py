@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from service.accounting import CounterUnavailable, MemoryCounter, QueryCounter
 from service.redis_counter import RedisCounter
@@ -149,6 +150,14 @@ async def _script_calls(url: str) -> int:
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
+def _charges_observed() -> tuple[float, float]:
+    """(script calls, charges) so far in the ``snd_accounting_charges_per_call`` histogram."""
+    def value(name: str) -> float:
+        return REGISTRY.get_sample_value(f"snd_accounting_charges_per_call_{name}") or 0.0
+
+    return value("count"), value("sum")
+
+
 def test_concurrent_charges_share_script_calls(redis_server: RedisProcess) -> None:
     """Charges made in one tick go to Redis together (far fewer script calls than charges),
     each still with its own budget check, in arrival order, and its own answer."""
@@ -157,11 +166,15 @@ def test_concurrent_charges_share_script_calls(redis_server: RedisProcess) -> No
                                timeout=GENEROUS)
         await counter.charge("key:warm", "m", 1, None)  # loads the script
         before = await _script_calls(redis_server.url)
+        observed = _charges_observed()
         results = await asyncio.gather(*(
             counter.charge(f"key:{i % 2}", "m", 1 + i % 3, 40) for i in range(60)
         ))
         calls = await _script_calls(redis_server.url) - before
         assert 1 <= calls <= 3
+        # the snd_accounting_charges_per_call histogram saw the same calls and all 60 charges
+        assert tuple(a - b for a, b in zip(_charges_observed(), observed, strict=True)) \
+            == (calls, 60)
         for caller in (0, 1):
             mine = [(r, 1 + i % 3) for i, r in enumerate(results) if i % 2 == caller]
             # in arrival order: running totals, refusals only once the budget is near
