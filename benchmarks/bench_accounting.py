@@ -39,8 +39,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def charges_per_call(metrics: str) -> float:
+    """Mean of the ``snd_accounting_charges_per_call`` histogram in a ``/metrics`` text."""
+    values = dict(line.split(" ", 1) for line in metrics.splitlines()
+                  if line.startswith("snd_accounting_charges_per_call_"))
+    calls = float(values.get("snd_accounting_charges_per_call_count", "0"))
+    return float(values.get("snd_accounting_charges_per_call_sum", "0")) / calls if calls else 0.0
+
+
 def measure(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Per-round throughputs, and CPU milliseconds per request (server, plus redis-server)."""
+    """Per-round throughputs, and CPU milliseconds per request (server, plus redis-server);
+    ``args.charges_per_call`` is set to how many charges shared a Redis call on average."""
     common = {"defense": "snd", "sigma": 0.01, "torch_threads": args.torch_threads,
               "log_level": "warning"}
     rates: dict[str, list[float]] = {"memory": [], "redis": []}
@@ -59,6 +68,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str,
                 cpu[name] += sum(cpu_seconds(pid) for pid in pids[name]) - before
                 rates[name].append(rate)
                 log.info("round %d %-6s %7.1f req/s", r, name, rate)
+        args.charges_per_call = charges_per_call(httpx.get(f"{counted.url}/metrics").text)
         used = httpx.get(f"{counted.url}/usage/me").json()["total"]
         expected = args.rounds * (args.requests + WARM_UP)
         if used != expected:
@@ -100,7 +110,7 @@ def section(rates: dict[str, list[float]], cpu_ms: dict[str, float], ratio: floa
         "|---|---|---|---|",
         f"| in-memory | {memory:.1f} | {cpu_ms['memory']:.2f} | "
         f"{', '.join(f'{r:.0f}' for r in rates['memory'])} |",
-        f"| Redis (Lua charge per request) | {redis:.1f} | {cpu_ms['redis']:.2f} "
+        f"| Redis (coalesced Lua charges) | {redis:.1f} | {cpu_ms['redis']:.2f} "
         f"(incl. redis-server) | {', '.join(f'{r:.0f}' for r in rates['redis'])} |",
         "",
         f"**Redis ÷ in-memory = {ratio:.3f}** (median of the per-round ratios, each pair "
@@ -111,7 +121,9 @@ def section(rates: dict[str, list[float]], cpu_ms: dict[str, float], ratio: floa
         f"CPU per request (less sensitive to background load than throughput): in-memory ÷ "
         f"Redis = {cpu_ratio:.3f}, i.e. {cpu_ms['redis'] - cpu_ms['memory']:.2f} ms more per "
         "request (the redis-py round trip in the server, plus redis-server); the throughput "
-        "ratio to expect when the server is CPU-bound. Load average (1 min) before / after "
+        "ratio to expect when the server is CPU-bound. Requests that arrive together share "
+        f"one Redis call: {args.charges_per_call:.2f} charges per call on average "
+        "(`snd_accounting_charges_per_call`). Load average (1 min) before / after "
         f"the run: {args.load_before:.1f} / {os.getloadavg()[0]:.1f}.",
         "",
     ])
