@@ -353,9 +353,11 @@ class Report:
             "",
             self.glance_table(list(exp["epsilons"])),
         ]
-        parts += ["", f"## Success at ε = {eps} after {exp['budget']} queries, with 95% "
-                  "intervals", "", "Each cell: successes / images [Wilson 95% interval, %].",
-                  "", self.interval_table(eps)]
+        parts += ["", f"## Success after {exp['budget']} queries, with 95% intervals", "",
+                  "Each cell: successes / images [Wilson 95% interval, %]."]
+        for epsilon in [eps] + [e for e in exp["epsilons"] if e != eps]:
+            parts += ["", f"ε = {epsilon}{' (primary)' if epsilon == eps else ''}:", "",
+                      self.interval_table(epsilon)]
         plain = self.plain_attacks()
         for epsilon in exp["epsilons"]:
             name = f"table2_success_eps{epsilon}"

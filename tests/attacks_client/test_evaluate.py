@@ -120,7 +120,8 @@ def test_small_grid_end_to_end(keyed_servers: dict[str, ServiceProcess], tmp_pat
     hsja_row = next(line for line in glance.splitlines() if line.startswith("| hsja |"))
     assert hsja_row.count("n=2") == len(keyed_servers)
     assert (tmp_path / "tables" / "table1_clean_accuracy.csv").exists()
-    assert (tmp_path / "tables" / "success_interval_eps1.5.csv").exists()
+    assert {p.name for p in (tmp_path / "tables").glob("success_interval_*.csv")} == {
+        "success_interval_eps1.5.csv", "success_interval_eps3.0.csv"}
     assert (tmp_path / "plots" / "l2_hsja.png").stat().st_size > 1000
 
 
