@@ -302,6 +302,7 @@ class Report:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
         self.plots.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -318,8 +319,19 @@ class Report:
                 values = np.array([[math.inf if p[1] is None else p[1] for p in c] for c in curves])
                 median = np.median(values, axis=0)
                 ax.plot(q, np.where(np.isfinite(median), median, np.nan), label=endpoint)
-            ax.set(xlabel="queries", ylabel="median L2 of the candidate", title=key)
+            epsilon = self.run.experiment["primary_epsilon"]
+            ax.axhline(epsilon, color="grey", linestyle="--", linewidth=0.8)
+            ax.annotate(f"ε = {epsilon}", (0.99, epsilon), xycoords=("axes fraction", "data"),
+                        ha="right", va="bottom", fontsize=7, color="grey")
+            images = max(len(c) for c in series.values())
+            ax.set(xlabel="queries", ylabel="median L2 of the candidate",
+                   title=f"{key} ({images} images)")
             ax.set_yscale("log")
+            plain = ScalarFormatter()
+            plain.set_scientific(False)
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(NullFormatter())
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
             fig.tight_layout()
