@@ -1,4 +1,4 @@
-"""The ``evaluate``, ``report`` and ``demo`` sub-commands of ``python -m attacks_client``."""
+"""The ``evaluate``, ``rejudge``, ``report`` and ``demo`` sub-commands of the client CLI."""
 
 from __future__ import annotations
 
@@ -6,10 +6,14 @@ import argparse
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from attacks_client.cli import CliError, Command, register_command
+
+if TYPE_CHECKING:
+    from attacks_client.experiment import Experiment
 
 OUT = Console(highlight=False)
 
@@ -29,15 +33,9 @@ def exit_on_sigterm() -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from attacks_client.evaluate import ResumeMismatch, evaluate
-    from attacks_client.experiment import Experiment
     from attacks_client.report import report
 
-    if not args.config.is_file():
-        raise CliError(f"no experiment file {args.config}")
-    try:
-        experiment = Experiment.load(args.config)
-    except (ValueError, TypeError) as exc:
-        raise CliError(f"{args.config}: {exc}") from None
+    experiment = load_experiment(args.config)
     out = args.out or Path("runs") / experiment.name
     exit_on_sigterm()
     try:
@@ -47,6 +45,38 @@ def run_evaluate(args: argparse.Namespace) -> int:
     OUT.print(f"records: {out / 'records.jsonl'}")
     if not args.no_report:
         OUT.print(f"report: {report(out)}")
+    return 0
+
+
+def load_experiment(path: Path) -> Experiment:
+    from attacks_client.experiment import Experiment
+
+    if not path.is_file():
+        raise CliError(f"no experiment file {path}")
+    try:
+        return Experiment.load(path)
+    except (ValueError, TypeError) as exc:
+        raise CliError(f"{path}: {exc}") from None
+
+
+def configure_rejudge(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True,
+                        help="the experiments/<name>.toml the run was made with")
+    parser.add_argument("--out", type=Path, help="run directory (default: runs/<name>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_rejudge(args: argparse.Namespace) -> int:
+    from attacks_client.rejudge import rejudge
+    from attacks_client.report import report
+
+    experiment = load_experiment(args.config)
+    out = args.out or Path("runs") / experiment.name
+    if not (out / "records.jsonl").is_file():
+        raise CliError(f"{out} holds no records.jsonl to rejudge")
+    exit_on_sigterm()
+    OUT.print(f"judgements: {rejudge(experiment, out, progress=not args.quiet)}")
+    OUT.print(f"report: {report(out)}")
     return 0
 
 
@@ -84,6 +114,9 @@ def run_demo(args: argparse.Namespace) -> int:
 register_command("evaluate", Command(
     help="run an experiment grid (attacks x endpoints x images) into JSONL, resumable",
     configure=configure_evaluate, handler=run_evaluate))
+register_command("rejudge", Command(
+    help="judge a run's candidates on the noise-free reference model too (a second verdict)",
+    configure=configure_rejudge, handler=run_rejudge))
 register_command("report", Command(
     help="paper-shaped tables (Markdown, CSV) and plots of an evaluation run",
     configure=configure_report, handler=run_report))

@@ -349,20 +349,27 @@ def evaluate(experiment: Experiment, out_dir: Path, *, workers: int = 1,
     _check_resume(out_dir, description)
     (out_dir / "experiment.json").write_text(json.dumps(description, indent=1))
     with ExitStack() as stack:
-        urls = {}
-        shared = (stack.enter_context(LocalService(experiment.serve)).url
-                  if experiment.serve is not None else None)
-        for endpoint in experiment.endpoints:
-            if endpoint.url is None and endpoint.serve is None:
-                assert shared is not None
-                urls[endpoint.name] = shared
-            elif endpoint.serve is not None:
-                urls[endpoint.name] = stack.enter_context(LocalService(endpoint.serve)).url
-            else:
-                assert endpoint.url is not None
-                urls[endpoint.name] = endpoint.url
+        urls = serve_endpoints(experiment, stack)
         Evaluation(experiment, out_dir, urls).run(workers, progress)
     return out_dir
+
+
+def serve_endpoints(experiment: Experiment, stack: ExitStack) -> dict[str, str]:
+    """The URL of every endpoint; the local services the experiment asks for are started and
+    left to ``stack`` to stop."""
+    urls = {}
+    shared = (stack.enter_context(LocalService(experiment.serve)).url
+              if experiment.serve is not None else None)
+    for endpoint in experiment.endpoints:
+        if endpoint.url is None and endpoint.serve is None:
+            assert shared is not None
+            urls[endpoint.name] = shared
+        elif endpoint.serve is not None:
+            urls[endpoint.name] = stack.enter_context(LocalService(endpoint.serve)).url
+        else:
+            assert endpoint.url is not None
+            urls[endpoint.name] = endpoint.url
+    return urls
 
 
 # what a record depends on besides its attack's params (checked per record by `jobs`)

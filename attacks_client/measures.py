@@ -53,3 +53,19 @@ def p_mis(records: list[dict[str, Any]]) -> float:
     stats = [r["p_mis"] for r in records if r.get("p_mis")]
     samples = sum(s["samples"] for s in stats)
     return sum(s["mismatches"] for s in stats) / samples if samples else math.nan
+
+
+def reference_success_counts(records: list[dict[str, Any]],
+                             judgements: dict[tuple[str, str, int], dict[str, bool | None]],
+                             q: int, epsilon: float) -> tuple[int, int]:
+    """(successes, images judged) when the noise-free reference h, not the defended endpoint,
+    decides whether the candidate after ``q`` queries is adversarial."""
+    hits = n = 0
+    for r in records:
+        verdicts = judgements.get((r["attack"], r["endpoint"], r["image"]))
+        if verdicts is None:
+            continue
+        n += 1
+        l2 = r["checkpoints"][str(q)]["l2"]
+        hits += bool(verdicts.get(str(q)) and l2 is not None and l2 <= epsilon)
+    return hits, n

@@ -13,7 +13,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,12 @@ from attacks_client.measures import (
     mean_query_l2,
     median_l2,
     p_mis,
+    reference_success_counts,
     success_counts,
     success_rate,
     wilson_interval,
 )
+from attacks_client.rejudge import load_judgements
 
 
 @dataclass
@@ -38,6 +40,9 @@ class Run:
     experiment: dict[str, Any]
     records: list[dict[str, Any]]
     accuracy: list[dict[str, Any]]
+    # (attack, endpoint, image) -> checkpoint -> the noise-free reference misclassified the
+    # candidate (``rejudge``); empty when the run was not rejudged
+    judgements: dict[tuple[str, str, int], dict[str, bool | None]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, directory: Path) -> Run:
@@ -48,7 +53,8 @@ class Run:
             return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
         experiment = json.loads((directory / "experiment.json").read_text())
-        return cls(directory, experiment, lines(RECORDS), lines(ACCURACY))
+        return cls(directory, experiment, lines(RECORDS), lines(ACCURACY),
+                   load_judgements(directory))
 
     @property
     def endpoints(self) -> list[str]:
@@ -216,6 +222,24 @@ class Report:
                   csv_rows)
         return markdown_table(["Attack"] + endpoints, rows)
 
+    def reference_table(self, epsilons: list[float]) -> str:
+        """The at-a-glance shape, with success decided by the noise-free reference h."""
+        q = self.run.checkpoints[-1]
+        endpoints = [e for e in self.run.endpoints
+                     if any(self.run.select(a["key"], e) for a in self.run.attacks)]
+        rows = []
+        for attack in self.run.attacks:
+            cells = [attack["key"]]
+            for endpoint in endpoints:
+                records = self.run.select(attack["key"], endpoint)
+                counts = [reference_success_counts(records, self.run.judgements, q, eps)
+                          for eps in epsilons]
+                n = counts[0][1]
+                cells.append(" / ".join(f"{100 * h / n:.0f}" for h, _ in counts) + f" (n={n})"
+                             if n else "–")
+            rows.append(cells)
+        return markdown_table(["Attack"] + endpoints, rows)
+
     def median_table(self) -> str:
         attacks = self.plain_attacks()
         header = ["Endpoint"] + [f"{a['key']} @{q}" for a in attacks for q in self.run.checkpoints]
@@ -370,6 +394,13 @@ class Report:
         for epsilon in [eps] + [e for e in exp["epsilons"] if e != eps]:
             parts += ["", f"ε = {epsilon}{' (primary)' if epsilon == eps else ''}:", "",
                       self.interval_table(epsilon)]
+        if self.run.judgements:
+            parts += ["", "## Success judged by the noise-free reference h (`rejudge`)", "",
+                      f"As at a glance, but a candidate counts when h (the endpoint's network "
+                      f"without its noise) misclassifies it, not the defended endpoint's "
+                      f"majority. Each cell: success at ε = "
+                      f"{' / '.join(str(e) for e in exp['epsilons'])} (images judged).", "",
+                      self.reference_table(list(exp["epsilons"]))]
         plain = self.plain_attacks()
         for epsilon in exp["epsilons"]:
             name = f"table2_success_eps{epsilon}"
