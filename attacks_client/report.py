@@ -11,8 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from attacks_client.measures import (
     success_rate,
     wilson_interval,
 )
+from attacks_client.plots import plot_median_l2
 from attacks_client.rejudge import load_judgements
 
 
@@ -181,64 +181,58 @@ class Report:
                                                 "images"], csv_rows)
         return markdown_table(header, rows)
 
+    def attacks_by_endpoint(self, cell: Callable[[str, str, list[dict[str, Any]]], str]) -> str:
+        """A table with attacks as rows and the attacked endpoints as columns; ``cell(attack,
+        endpoint, records)`` fills a cell that has records, the others read "–"."""
+        endpoints = [e for e in self.run.endpoints
+                     if any(self.run.select(a["key"], e) for a in self.run.attacks)]
+        rows = [[attack["key"]] + [
+            cell(attack["key"], endpoint, records)
+            if (records := self.run.select(attack["key"], endpoint)) else "–"
+            for endpoint in endpoints] for attack in self.run.attacks]
+        return markdown_table(["Attack"] + endpoints, rows)
+
     def glance_table(self, epsilons: list[float]) -> str:
         """Attacks as rows, endpoints as columns, at the full budget: success rate at each ε
         and the median L2 of the candidate (the paper's tables, transposed and narrowed)."""
         q = self.run.checkpoints[-1]
-        endpoints = [e for e in self.run.endpoints
-                     if any(self.run.select(a["key"], e) for a in self.run.attacks)]
-        rows = []
-        for attack in self.run.attacks:
-            cells = [attack["key"]]
-            for endpoint in endpoints:
-                records = self.run.select(attack["key"], endpoint)
-                rates = " / ".join(fmt_rate(success_rate(records, q, eps)).removesuffix(".0")
-                                   for eps in epsilons)
-                cells.append(f"{rates} ({fmt_l2(median_l2(records, q))}; n={len(records)})"
-                             if records else "–")
-            rows.append(cells)
-        return markdown_table(["Attack"] + endpoints, rows)
+
+        def cell(attack: str, endpoint: str, records: list[dict[str, Any]]) -> str:
+            rates = " / ".join(fmt_rate(success_rate(records, q, eps)).removesuffix(".0")
+                               for eps in epsilons)
+            return f"{rates} ({fmt_l2(median_l2(records, q))}; n={len(records)})"
+
+        return self.attacks_by_endpoint(cell)
 
     def interval_table(self, epsilon: float) -> str:
         """Success at ``epsilon`` after the full budget as hits / images, with the 95% Wilson
         interval: how far a rate over this many images can be trusted."""
         q = self.run.checkpoints[-1]
-        endpoints = [e for e in self.run.endpoints
-                     if any(self.run.select(a["key"], e) for a in self.run.attacks)]
-        rows, csv_rows = [], []
-        for attack in self.run.attacks:
-            cells = [attack["key"]]
-            for endpoint in endpoints:
-                hits, n = success_counts(self.run.select(attack["key"], endpoint), q, epsilon)
-                if not n:
-                    cells.append("–")
-                    continue
-                lo, hi = wilson_interval(hits, n)
-                cells.append(f"{hits}/{n} [{lo * 100:.0f}–{hi * 100:.0f}]")
-                csv_rows.append([attack["key"], endpoint, hits, n, lo, hi])
-            rows.append(cells)
+        csv_rows: list[list[Any]] = []
+
+        def cell(attack: str, endpoint: str, records: list[dict[str, Any]]) -> str:
+            hits, n = success_counts(records, q, epsilon)
+            lo, hi = wilson_interval(hits, n)
+            csv_rows.append([attack, endpoint, hits, n, lo, hi])
+            return f"{hits}/{n} [{lo * 100:.0f}–{hi * 100:.0f}]"
+
+        table = self.attacks_by_endpoint(cell)
         write_csv(self.tables / f"success_interval_eps{epsilon}.csv",
                   ["attack", "endpoint", "successes", "images", "wilson95_low", "wilson95_high"],
                   csv_rows)
-        return markdown_table(["Attack"] + endpoints, rows)
+        return table
 
     def reference_table(self, epsilons: list[float]) -> str:
         """The at-a-glance shape, with success decided by the noise-free reference h."""
         q = self.run.checkpoints[-1]
-        endpoints = [e for e in self.run.endpoints
-                     if any(self.run.select(a["key"], e) for a in self.run.attacks)]
-        rows = []
-        for attack in self.run.attacks:
-            cells = [attack["key"]]
-            for endpoint in endpoints:
-                records = self.run.select(attack["key"], endpoint)
-                counts = [reference_success_counts(records, self.run.judgements, q, eps)
-                          for eps in epsilons]
-                n = counts[0][1]
-                cells.append(" / ".join(f"{100 * h / n:.0f}" for h, _ in counts) + f" (n={n})"
-                             if n else "–")
-            rows.append(cells)
-        return markdown_table(["Attack"] + endpoints, rows)
+
+        def cell(attack: str, endpoint: str, records: list[dict[str, Any]]) -> str:
+            counts = [reference_success_counts(records, self.run.judgements, q, eps)
+                      for eps in epsilons]
+            n = counts[0][1]
+            return " / ".join(f"{100 * h / n:.0f}" for h, _ in counts) + f" (n={n})" if n else "–"
+
+        return self.attacks_by_endpoint(cell)
 
     def median_table(self) -> str:
         attacks = self.plain_attacks()
@@ -321,51 +315,6 @@ class Report:
                         return len(zlib.decompress(base64.b64decode(c["candidate"]))) // 4
         return None
 
-    def plots_(self) -> list[Path]:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
-
-        self.plots.mkdir(parents=True, exist_ok=True)
-        paths = []
-        by_attack: dict[str, dict[str, list[list[Any]]]] = defaultdict(dict)
-        for attack in self.run.attacks:
-            for endpoint in self.run.endpoints:
-                records = self.run.select(attack["key"], endpoint)
-                if records:
-                    by_attack[attack["key"]][endpoint] = [r["candidate_l2"] for r in records]
-        for key, series in by_attack.items():
-            fig, ax = plt.subplots(figsize=(5, 3.5))
-            for endpoint, curves in series.items():
-                q = np.array([p[0] for p in curves[0]])
-                values = np.array([[math.inf if p[1] is None else p[1] for p in c] for c in curves])
-                median = np.median(values, axis=0)
-                ax.plot(q, np.where(np.isfinite(median), median, np.nan), label=endpoint)
-            epsilon = self.run.experiment["primary_epsilon"]
-            ax.axhline(epsilon, color="grey", linestyle="--", linewidth=0.8)
-            ax.annotate(f"ε = {epsilon}", (0.99, epsilon), xycoords=("axes fraction", "data"),
-                        ha="right", va="bottom", fontsize=7, color="grey")
-            images = max(len(c) for c in series.values())
-            ax.set(xlabel="queries", ylabel="median L2 of the candidate",
-                   title=f"{key} ({images} images)")
-            ax.set_yscale("log")
-            plain = ScalarFormatter()
-            plain.set_scientific(False)
-            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_major_formatter(plain)
-            ax.yaxis.set_minor_formatter(NullFormatter())
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            slug = "".join(c for c in key.replace(" ", "_") if c.isalnum() or c in "_-")
-            path = self.plots / f"l2_{slug}.png"
-            fig.savefig(path, dpi=120)
-            plt.close(fig)
-            paths.append(path)
-        return paths
-
     def markdown(self) -> str:
         exp = self.run.experiment
         eps = exp["primary_epsilon"]
@@ -417,7 +366,7 @@ class Report:
         table7 = self.table7(eps)
         if table7:
             parts += ["", f"## Table 7: SND variants, ε = {eps}", "", table7]
-        plots = self.plots_()
+        plots = plot_median_l2(self.run, self.plots)
         if plots:
             parts += ["", "## Plots", ""] + [
                 f"![{p.stem}](plots/{p.name})" for p in plots]
