@@ -32,7 +32,7 @@ def exit_on_sigterm() -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from attacks_client.evaluate import ResumeMismatch, evaluate
+    from attacks_client.evaluate import ResumeMismatch, RunInProgress, evaluate
     from attacks_client.report import report
 
     experiment = load_experiment(args.config)
@@ -40,7 +40,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     exit_on_sigterm()
     try:
         evaluate(experiment, out, workers=args.workers, progress=not args.quiet)
-    except ResumeMismatch as exc:
+    except (ResumeMismatch, RunInProgress) as exc:
         raise CliError(str(exc)) from None
     OUT.print(f"records: {out / 'records.jsonl'}")
     if not args.no_report:
@@ -67,6 +67,7 @@ def configure_rejudge(parser: argparse.ArgumentParser) -> None:
 
 
 def run_rejudge(args: argparse.Namespace) -> int:
+    from attacks_client.evaluate import RunInProgress
     from attacks_client.rejudge import rejudge
     from attacks_client.report import report
 
@@ -75,7 +76,10 @@ def run_rejudge(args: argparse.Namespace) -> int:
     if not (out / "records.jsonl").is_file():
         raise CliError(f"{out} holds no records.jsonl to rejudge")
     exit_on_sigterm()
-    OUT.print(f"judgements: {rejudge(experiment, out, progress=not args.quiet)}")
+    try:
+        OUT.print(f"judgements: {rejudge(experiment, out, progress=not args.quiet)}")
+    except RunInProgress as exc:
+        raise CliError(str(exc)) from None
     OUT.print(f"report: {report(out)}")
     return 0
 

@@ -11,13 +11,16 @@ identity (not charged to the attacker). Finished records are skipped on a rerun.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import logging
+import os
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -331,6 +334,30 @@ class Evaluation:
         bar.close()
 
 
+class RunInProgress(RuntimeError):
+    """Another process is writing the same run directory."""
+
+
+@contextmanager
+def run_lock(out_dir: Path) -> Iterator[None]:
+    """One writer per run directory: two ``evaluate`` (or ``rejudge``) processes on the same
+    directory would run and append the same records twice. The lock is an ``flock`` on
+    ``out_dir/.lock``, released when the process ends, however it ends."""
+    with (out_dir / ".lock").open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise RunInProgress(f"{out_dir} is being written by another process (pid {holder}); "
+                                "wait for it to end or stop it first") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+
+
 class ResumeMismatch(ValueError):
     """The output directory holds records made with other attack parameters."""
 
@@ -345,10 +372,11 @@ def evaluate(experiment: Experiment, out_dir: Path, *, workers: int = 1,
              progress: bool = True) -> Path:
     """Run (or resume) an experiment; start the endpoints that ask to be served locally."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    description = _describe(experiment)
-    _check_resume(out_dir, description)
-    (out_dir / "experiment.json").write_text(json.dumps(description, indent=1))
     with ExitStack() as stack:
+        stack.enter_context(run_lock(out_dir))
+        description = _describe(experiment)
+        _check_resume(out_dir, description)
+        (out_dir / "experiment.json").write_text(json.dumps(description, indent=1))
         urls = serve_endpoints(experiment, stack)
         Evaluation(experiment, out_dir, urls).run(workers, progress)
     return out_dir

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from attacks_client.evaluate import RECORDS, decode_array, serve_endpoints
+from attacks_client.evaluate import RECORDS, decode_array, run_lock, serve_endpoints
 from attacks_client.experiment import Experiment
 from attacks_client.http import HttpOracle
 
@@ -61,6 +61,7 @@ def rejudge(experiment: Experiment, out_dir: Path, *, progress: bool = True) -> 
         reference = experiment.pmis_reference_of(endpoints[record["endpoint"]])
         by_reference.setdefault(reference.name, []).append(record)
     with ExitStack() as stack:
+        stack.enter_context(run_lock(out_dir))
         urls = serve_endpoints(experiment, stack)
         bar = stack.enter_context(tqdm(total=len(todo), desc=f"rejudge {experiment.name}",
                                        unit="record", disable=not progress))

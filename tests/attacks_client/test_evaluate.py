@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from attacks_client.evaluate import (
     Evaluation,
     RecordingOracle,
     ResumeMismatch,
+    RunInProgress,
     decode_array,
     evaluate,
+    run_lock,
 )
 from attacks_client.experiment import AttackConfig, EndpointConfig, Experiment
 from attacks_client.oracle import FunctionOracle
@@ -208,3 +211,18 @@ def test_report_names_the_network_of_rows_written_without_it(tmp_path: Path) -> 
     assert run.architecture({"endpoint": "own"}) == "resnet20-mnist"
     assert run.architecture({"endpoint": "far"}) is None
     assert run.architecture({"endpoint": "far", "architecture": "resnet50"}) == "resnet50"
+
+
+def test_a_second_writer_of_one_run_directory_is_refused(tmp_path: Path) -> None:
+    """While one process holds the run directory, another evaluate stops before writing or
+    starting anything (two writers would run and append the same records twice)."""
+    experiment = Experiment(
+        name="locked", attacks=(AttackConfig(name="hsja"),), images=1, budget=10,
+        checkpoints=(10,), epsilons=(1.5,), primary_epsilon=1.5,
+        endpoints=(EndpointConfig(name="none", url="http://127.0.0.1:9", reference=True),))
+    with run_lock(tmp_path):
+        with pytest.raises(RunInProgress, match=f"pid {os.getpid()}"):
+            evaluate(experiment, tmp_path, progress=False)
+        assert not (tmp_path / "experiment.json").exists()
+    with run_lock(tmp_path):  # released with its holder
+        pass
