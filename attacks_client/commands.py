@@ -78,7 +78,7 @@ def run_rejudge(args: argparse.Namespace) -> int:
     exit_on_sigterm()
     try:
         OUT.print(f"judgements: {rejudge(experiment, out, progress=not args.quiet)}")
-    except RunInProgress as exc:
+    except (RunInProgress, ValueError) as exc:
         raise CliError(str(exc)) from None
     OUT.print(f"report: {report(out)}")
     return 0

@@ -210,6 +210,7 @@ class Evaluation:
                 record = {"endpoint": endpoint.name, "accuracies": accuracies, "images": limit,
                           "clean_p_mis": float(np.mean(mismatch)), "defense": oracle.defense,
                           "architecture": oracle.architecture,
+                          "input_shape": list(oracle.input_shape),
                           "pmis_reference": reference.name,
                           "sigma_hat": self.sigma_hat(endpoint, oracle, images, labels)}
             with path.open("a") as fh:

@@ -56,6 +56,12 @@ def rejudge(experiment: Experiment, out_dir: Path, *, progress: bool = True) -> 
     path = out_dir / REFERENCE_JUDGEMENT
     if not todo:
         return path
+    stripped = [r for r in todo if any(c.get("l2") is not None and c.get("candidate") is None
+                                       for c in r["checkpoints"].values())]
+    if stripped:
+        raise ValueError(
+            f"{len(stripped)} records of {out_dir / RECORDS} have no stored candidates (a "
+            "compact copy?): they cannot be rejudged; rejudge the run that made them")
     by_reference: dict[str, list[dict[str, Any]]] = {}
     for record in todo:
         reference = experiment.pmis_reference_of(endpoints[record["endpoint"]])

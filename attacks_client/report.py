@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from attacks_client.data import load_images
 from attacks_client.evaluate import ACCURACY, RECORDS
 from attacks_client.measures import (
     mean_query_l2,
@@ -305,15 +306,15 @@ class Report:
         return markdown_table(header, rows)
 
     def _dimension(self, endpoint: str) -> int | None:
-        for record in self.run.records:
-            if record["endpoint"] == endpoint:
-                for c in record["checkpoints"].values():
-                    if c.get("candidate"):
-                        import base64
-                        import zlib
-
-                        return len(zlib.decompress(base64.b64decode(c["candidate"]))) // 4
-        return None
+        """Pixels per image: from the endpoint's accuracy row (``/models``' input shape), or
+        else from the run's dataset (rows written before the shape was recorded)."""
+        for row in self.run.accuracy:
+            if row["endpoint"] == endpoint and row.get("input_shape"):
+                return int(np.prod(row["input_shape"]))
+        try:
+            return int(load_images(self.run.experiment["dataset"]).images[0].size)
+        except (KeyError, OSError, ValueError):
+            return None
 
     def markdown(self) -> str:
         exp = self.run.experiment

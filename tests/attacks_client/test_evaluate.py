@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -111,6 +112,7 @@ def test_small_grid_end_to_end(keyed_servers: dict[str, ServiceProcess], tmp_pat
     assert clean["none"]["clean_p_mis"] == 0 and clean["none"]["sigma_hat"] < 1e-4  # float noise
     # the served network is named (zoo-defended models such as RSE show "none" as defense)
     assert {r["architecture"] for r in clean.values()} == {"resnet20-mnist"}
+    assert all(r["input_shape"] == [1, 28, 28] for r in clean.values())
     assert clean["snd"]["sigma_hat"] > 0  # the margin loss moves under σ = 0.01 noise
 
     path = report(tmp_path)
@@ -226,3 +228,15 @@ def test_a_second_writer_of_one_run_directory_is_refused(tmp_path: Path) -> None
         assert not (tmp_path / "experiment.json").exists()
     with run_lock(tmp_path):  # released with its holder
         pass
+
+
+def test_report_finds_the_image_size_without_stored_candidates(tmp_path: Path) -> None:
+    """E‖η‖₂ needs the pixels per image: the accuracy row's input shape, or else the run's
+    dataset (committed records may drop their candidates to stay small)."""
+    from attacks_client.report import Report
+
+    experiment = {"dataset": "embedded", "endpoints": [{"name": "a"}, {"name": "b"}]}
+    rows: list[dict[str, Any]] = [{"endpoint": "a", "input_shape": [3, 32, 32]}, {"endpoint": "b"}]
+    report_ = Report(Run(tmp_path, experiment, [], rows))
+    assert report_._dimension("a") == 3 * 32 * 32
+    assert report_._dimension("b") == 28 * 28

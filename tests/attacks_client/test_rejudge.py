@@ -65,3 +65,20 @@ def test_candidates_are_judged_by_the_reference_once(plain: ServiceProcess,
     table = Report(run).reference_table([0.5, 1.5])
     # at 200 queries: image a's candidate (L2 1.0) fools h, image b's does not -> 50% at 1.5
     assert "| hsja | 0 / 50 (n=2) |" in table  # only endpoints with records get a column
+
+
+def test_records_without_their_candidates_are_refused(tmp_path: Path) -> None:
+    """A compact copy (candidates dropped, L2 kept) cannot be judged: refused up front, before
+    any endpoint is contacted, instead of reading as 'not adversarial'."""
+    compact = record(0, 7, {"100": np.zeros((1, 28, 28), np.float32)})
+    compact["checkpoints"]["100"]["candidate"] = None
+    (tmp_path / RECORDS).write_text(json.dumps(compact) + "\n")
+    experiment = Experiment(
+        name="compact", attacks=(AttackConfig(name="hsja"),), images=1, budget=100,
+        checkpoints=(100,), epsilons=(1.5,), primary_epsilon=1.5,
+        endpoints=(EndpointConfig(name="none", url=f"http://127.0.0.1:{free_port()}",
+                                  reference=True),
+                   EndpointConfig(name="snd", url=f"http://127.0.0.1:{free_port()}")))
+    with pytest.raises(ValueError, match="no stored candidates"):
+        rejudge(experiment, tmp_path, progress=False)
+    assert not (tmp_path / REFERENCE_JUDGEMENT).exists()
