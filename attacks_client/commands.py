@@ -68,7 +68,7 @@ def configure_rejudge(parser: argparse.ArgumentParser) -> None:
 
 def run_rejudge(args: argparse.Namespace) -> int:
     from attacks_client.evaluate import RunInProgress
-    from attacks_client.rejudge import rejudge
+    from attacks_client.rejudge import CandidatesDropped, rejudge
     from attacks_client.report import report
 
     experiment = load_experiment(args.config)
@@ -78,7 +78,7 @@ def run_rejudge(args: argparse.Namespace) -> int:
     exit_on_sigterm()
     try:
         OUT.print(f"judgements: {rejudge(experiment, out, progress=not args.quiet)}")
-    except (RunInProgress, ValueError) as exc:
+    except (RunInProgress, CandidatesDropped) as exc:
         raise CliError(str(exc)) from None
     OUT.print(f"report: {report(out)}")
     return 0

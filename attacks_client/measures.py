@@ -9,18 +9,27 @@ score interval gives the uncertainty of a rate over n images (Wilson 1927; it st
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 
-def success_counts(records: list[dict[str, Any]], q: int, epsilon: float) -> tuple[int, int]:
-    """(successes, images) at checkpoint ``q`` and radius ``epsilon``."""
-    hits = [
-        bool(c["misclassified"] and c["l2"] is not None and c["l2"] <= epsilon)
-        for c in (r["checkpoints"][str(q)] for r in records)
-    ]
-    return sum(hits), len(hits)
+def success_counts(records: list[dict[str, Any]], q: int, epsilon: float,
+                   misclassified: Callable[[dict[str, Any]], bool | None] | None = None,
+                   ) -> tuple[int, int]:
+    """(successes, images) at checkpoint ``q`` and radius ``epsilon``. ``misclassified(record)``
+    replaces the defended endpoint's stored verdict (e.g. the noise-free reference's); a record
+    it answers None for was not judged and is left out."""
+    hits = n = 0
+    for record in records:
+        checkpoint = record["checkpoints"][str(q)]
+        verdict = checkpoint["misclassified"] if misclassified is None else misclassified(record)
+        if verdict is None:
+            continue
+        n += 1
+        hits += bool(verdict and checkpoint["l2"] is not None and checkpoint["l2"] <= epsilon)
+    return hits, n
 
 
 def success_rate(records: list[dict[str, Any]], q: int, epsilon: float) -> float:
@@ -60,12 +69,8 @@ def reference_success_counts(records: list[dict[str, Any]],
                              q: int, epsilon: float) -> tuple[int, int]:
     """(successes, images judged) when the noise-free reference h, not the defended endpoint,
     decides whether the candidate after ``q`` queries is adversarial."""
-    hits = n = 0
-    for r in records:
-        verdicts = judgements.get((r["attack"], r["endpoint"], r["image"]))
-        if verdicts is None:
-            continue
-        n += 1
-        l2 = r["checkpoints"][str(q)]["l2"]
-        hits += bool(verdicts.get(str(q)) and l2 is not None and l2 <= epsilon)
-    return hits, n
+    def by_reference(record: dict[str, Any]) -> bool | None:
+        verdicts = judgements.get((record["attack"], record["endpoint"], record["image"]))
+        return None if verdicts is None else bool(verdicts.get(str(q)))
+
+    return success_counts(records, q, epsilon, by_reference)

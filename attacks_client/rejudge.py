@@ -1,15 +1,13 @@
 """``python -m attacks_client rejudge --config experiments/<name>.toml``: a second verdict.
 
 The success rule of DESIGN section 7 asks the *defended* endpoint, by a majority of noisy draws.
-A decision attack's candidate sits on the decision boundary, so behind even a tiny σ that
-majority is close to a coin flip, although the attack did find an image that the network
-itself misclassifies. This command asks the endpoint's noise-free twin (its ``pmis_reference``:
-the reference endpoint, or e.g. the adversarially trained model without SND) about every stored
-candidate, once each, with the evaluator identity, and writes ``reference_judgement.jsonl``
-beside the records: per (attack, endpoint, image), whether h misclassified the candidate at each
-checkpoint. The report then tabulates success under both rules, which separates the two ways
-SND acts: breaking the attack's optimisation (the candidate's L2 stalls) and making its
-boundary candidates unreliable (the defended service answers them correctly half the time).
+A decision attack's candidate sits on the decision boundary, where that majority can be close to
+a coin flip, so a failure could mean either that the attack found no adversarial image or that
+the noise hides the one it found. This command asks the endpoint's noise-free twin (its
+``pmis_reference``: the reference endpoint, or e.g. the adversarially trained model without SND)
+about every stored candidate, once each, with the evaluator identity, and writes
+``reference_judgement.jsonl`` beside the records: per (attack, endpoint, image), whether h
+misclassified the candidate at each checkpoint. The report tabulates success under both rules.
 
 Resumable like ``evaluate``: records already judged are skipped.
 """
@@ -30,6 +28,10 @@ from attacks_client.http import HttpOracle
 
 REFERENCE_JUDGEMENT = "reference_judgement.jsonl"
 RECORDS_PER_REQUEST = 64  # up to 4 candidates each: one checkpoint per candidate
+
+
+class CandidatesDropped(ValueError):
+    """The records keep their L2 distances but not the candidate images (a compact copy)."""
 
 
 def record_key(record: dict[str, Any]) -> tuple[str, str, int]:
@@ -59,7 +61,7 @@ def rejudge(experiment: Experiment, out_dir: Path, *, progress: bool = True) -> 
     stripped = [r for r in todo if any(c.get("l2") is not None and c.get("candidate") is None
                                        for c in r["checkpoints"].values())]
     if stripped:
-        raise ValueError(
+        raise CandidatesDropped(
             f"{len(stripped)} records of {out_dir / RECORDS} have no stored candidates (a "
             "compact copy?): they cannot be rejudged; rejudge the run that made them")
     by_reference: dict[str, list[dict[str, Any]]] = {}

@@ -9,6 +9,7 @@ adaptive attack against T), 5 (P_mis), 7 (SND variants), and median candidate L2
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -311,6 +312,10 @@ class Report:
         for row in self.run.accuracy:
             if row["endpoint"] == endpoint and row.get("input_shape"):
                 return int(np.prod(row["input_shape"]))
+        return self._dataset_pixels
+
+    @functools.cached_property
+    def _dataset_pixels(self) -> int | None:
         try:
             return int(load_images(self.run.experiment["dataset"]).images[0].size)
         except (KeyError, OSError, ValueError):

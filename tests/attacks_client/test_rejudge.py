@@ -14,7 +14,12 @@ from attacks_client.data import load_images
 from attacks_client.evaluate import RECORDS, encode_array
 from attacks_client.experiment import AttackConfig, EndpointConfig, Experiment
 from attacks_client.http import HttpOracle
-from attacks_client.rejudge import REFERENCE_JUDGEMENT, load_judgements, rejudge
+from attacks_client.rejudge import (
+    REFERENCE_JUDGEMENT,
+    CandidatesDropped,
+    load_judgements,
+    rejudge,
+)
 from attacks_client.report import Report, Run
 from tests.servers import ServiceProcess, free_port
 
@@ -79,6 +84,6 @@ def test_records_without_their_candidates_are_refused(tmp_path: Path) -> None:
         endpoints=(EndpointConfig(name="none", url=f"http://127.0.0.1:{free_port()}",
                                   reference=True),
                    EndpointConfig(name="snd", url=f"http://127.0.0.1:{free_port()}")))
-    with pytest.raises(ValueError, match="no stored candidates"):
+    with pytest.raises(CandidatesDropped, match="no stored candidates"):
         rejudge(experiment, tmp_path, progress=False)
     assert not (tmp_path / REFERENCE_JUDGEMENT).exists()
