@@ -120,7 +120,8 @@ def build_record(experiment: Experiment, attack: AttackConfig, endpoint: Endpoin
         "attack": attack.key, "attack_name": attack.name, "repeat": attack.repeat,
         "params": {k: v for k, v in result.params.items() if _jsonable(v)},
         "endpoint": endpoint.name, "image": image, "label": result.label,
-        "budget": result.budget, "queries": result.queries, "stop_reason": result.stop_reason,
+        "budget": result.budget, "queries": result.queries,
+        "reference_queries": result.reference_queries, "stop_reason": result.stop_reason,
         "attack_seconds": result.wall_time, "seconds": seconds,
         "checkpoints": checkpoints,
         "candidate_l2": [[int(q), _finite(result.l2_at(int(q)))] for q in grid],
@@ -241,9 +242,10 @@ class Evaluation:
         self.check_params(records)
         done = {(r["attack"], r["endpoint"], r["image"]) for r in records}
         # image-major: a run cut short still covers every attack and endpoint on its images
-        return [(a, e, i) for i in images for a in self.experiment.attacks
+        return [(a, e, i) for n, i in enumerate(images) for a in self.experiment.attacks
                 for e in self.experiment.endpoints
-                if a.runs_on(e.name) and (a.key, e.name, i) not in done]
+                if a.runs_on(e.name) and (a.images is None or n < a.images)
+                and (a.key, e.name, i) not in done]
 
     def check_params(self, records: list[dict[str, Any]]) -> None:
         """Refuse to resume over records made with other attack parameters than the config's

@@ -84,6 +84,8 @@ class AttackConfig:
     repeat: int = 1
     label: str | None = None
     endpoints: tuple[str, ...] | None = None
+    images: int | None = None
+    """Attack only the first ``images`` of the experiment's images (``None``: all of them)."""
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> AttackConfig:
@@ -96,6 +98,8 @@ class AttackConfig:
         attack = cls(**raw)
         if attack.repeat < 1:
             raise ValueError("repeat must be >= 1")
+        if attack.images is not None and attack.images < 1:
+            raise ValueError("an attack's images must be >= 1")
         return attack
 
     @property
@@ -154,9 +158,13 @@ class Experiment:
         names = [e.name for e in self.endpoints]
         if len(set(names)) != len(names):
             raise ValueError("endpoint names must be unique")
-        keys = [a.key for a in self.attacks]
-        if len(set(keys)) != len(keys):
-            raise ValueError("attacks must have unique labels (set 'label')")
+        by_key: dict[str, list[AttackConfig]] = {}
+        for attack in self.attacks:
+            by_key.setdefault(attack.key, []).append(attack)
+        for group in by_key.values():
+            # one attack may be split over disjoint endpoint sets (e.g. fewer images on some)
+            if len(group) > 1 and not _split_attack(group):
+                raise ValueError("attacks must have unique labels (set 'label')")
         if self.images < 1 or self.budget < 1 or self.eval_draws < 1:
             raise ValueError("images, budget and eval_draws must be >= 1")
         if self.primary_epsilon not in self.epsilons:
@@ -191,3 +199,18 @@ class Experiment:
         """The clean endpoint: picks the images and answers h(x) for P_mis."""
         flagged = [e for e in self.endpoints if e.reference]
         return flagged[0] if flagged else self.endpoints[0]
+
+
+def _split_attack(group: list[AttackConfig]) -> bool:
+    """The entries are one attack (same name, params, repeat) on disjoint endpoint sets."""
+    first = group[0]
+    if any((a.name, a.params, a.repeat) != (first.name, first.params, first.repeat)
+           or a.endpoints is None for a in group):
+        return False
+    seen: set[str] = set()
+    for attack in group:
+        assert attack.endpoints is not None
+        if seen & set(attack.endpoints):
+            return False
+        seen |= set(attack.endpoints)
+    return True

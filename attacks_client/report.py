@@ -64,7 +64,11 @@ class Run:
 
     @property
     def attacks(self) -> list[dict[str, Any]]:
-        return list(self.experiment["attacks"])
+        """One entry per attack key (an attack split over endpoint sets is listed once)."""
+        unique: dict[str, dict[str, Any]] = {}
+        for attack in self.experiment["attacks"]:
+            unique.setdefault(attack["key"], attack)
+        return list(unique.values())
 
     @property
     def checkpoints(self) -> list[int]:

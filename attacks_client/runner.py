@@ -187,6 +187,7 @@ def score_result(
         "label": sample.label,
         "budget": result.budget,
         "queries": result.queries,
+        "reference_queries": result.reference_queries,
         "stop_reason": result.stop_reason,
         "wall_time": round(result.wall_time, 3),
         "checkpoints": list(checkpoints),

@@ -10,9 +10,17 @@ Per iteration (``gradient_iters=1``): draw exploration noise u around the prior 
 resolution "tiled" image — the data prior — kept from step to step — the time prior), query the
 loss at ``x + fd_eta * up(v ± u) / ||up(v ± u)||`` (2 queries, one request), update the prior
 with the finite-difference estimate, take an L2 step ``image_lr * up(v) / ||up(v)||``, project
-onto the ε-ball around ``x0`` and into [0, 1], and check the new image (1 query: the reference
-runs this check but does not count it; here it counts, DESIGN.md Sec. 6). Probes are clipped to
-[0, 1] (the reference sends them unclipped; the endpoint refuses pixels outside [0, 1]).
+onto the ε-ball around ``x0`` and into [0, 1]. Probes are clipped to [0, 1] (the reference sends
+them unclipped; the endpoint refuses pixels outside [0, 1]).
+
+Counting: 2 queries per iteration, as the reference counts them. The reference also classifies
+the new image after every step (``normalized_eval(image)``) without counting it; here that check
+costs nothing either: the next iteration's two probes lie within ``fd_eta`` of the new image and
+their answered scores carry its label, so a probe answered adversarial is reported as the
+candidate (it ends the attack when it lies inside the ε-ball; for one just outside, the new
+image itself is asked, once). In a budget B the attack makes ⌊(B − 1) / 2⌋ iterations; the
+one extra query is x0's first answer, which the reference looks at uncounted (the records carry
+the reference's count beside ours).
 
 The loss is the reference's cross-entropy of the true class, computed from the returned
 probabilities as ``-log p_y = log1p(sum_{c != y} p_c / p_y)`` (identical for normalized scores,
@@ -26,6 +34,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from attacks_client.attacks._probes import probe_success, top_is_adversarial
 from attacks_client.attacks.base import Attack, AttackOracle
 
 # the reference's tiling prior: tile_size=50 (l2.json) on 224-px ResNet-50 inputs (SND paper)
@@ -125,10 +134,6 @@ class BanditTD(Attack):
         xent = np.log1p((p.sum(1) - p[:, cls]) / p_cls)
         return -xent if oracle.target is not None else xent
 
-    @staticmethod
-    def _adversarial(probs: np.ndarray, oracle: AttackOracle) -> bool:
-        top = int(np.argmax(probs))
-        return top == oracle.target if oracle.target is not None else top != oracle.label
 
     def _project(self, x0: np.ndarray, x: np.ndarray) -> np.ndarray:
         """The reference's ``l2_proj`` then ``clamp(0, 1)``."""
@@ -142,7 +147,8 @@ class BanditTD(Attack):
         x0 = oracle.x0
         size = x0.shape[1:]
         probs = oracle.scores(x0[None])[0]
-        if self._adversarial(probs, oracle):
+        oracle.not_counted_by_reference(1)
+        if top_is_adversarial(probs, oracle):
             oracle.report(x0)
             return
         prior = np.zeros(self.prior_shape(oracle.input_shape), np.float64)
@@ -153,17 +159,20 @@ class BanditTD(Attack):
             noise = self.exploration * rng.standard_normal(prior.shape) / np.sqrt(dim)
             q1 = upsample_nearest(prior + noise, size)
             q2 = upsample_nearest(prior - noise, size)
-            probes = np.stack([x + self.fd_eta * q1 / _l2(q1), x + self.fd_eta * q2 / _l2(q2)])
-            l1, l2 = self._loss(oracle.scores(np.clip(probes, 0.0, 1.0)), oracle)
+            probes = np.clip(np.stack([x + self.fd_eta * q1 / _l2(q1),
+                                       x + self.fd_eta * q2 / _l2(q2)]), 0.0, 1.0)
+            answers = oracle.scores(probes.astype(np.float32))
+            if probe_success(oracle, x, probes, answers, lambda p: self._in_ball(x0, p)):
+                return
+            l1, l2 = self._loss(answers, oracle)
             est_deriv = (l1 - l2) / (self.fd_eta * self.exploration)
             prior = prior + self.online_lr * est_deriv * noise
-            # image step along the prior, projected (then checked: 1 query)
+            # image step along the prior, projected; checked by the next iteration's probes
             step = upsample_nearest(prior, size)
             x = self._project(x0, x + self.image_lr * step / _l2(step))
-            probs = oracle.scores(x[None])[0]
-            if self._adversarial(probs, oracle):
-                oracle.report(x)
-                return
+
+    def _in_ball(self, x0: np.ndarray, x: np.ndarray) -> bool:
+        return _l2(x - x0) <= self.epsilon * (1 + 1e-6)
 
 
 __all__ = ["BanditTD", "scaled_tile_size", "upsample_nearest"]

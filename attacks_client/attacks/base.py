@@ -34,6 +34,9 @@ class Update:
     queries: int
     l2: float
     candidate: np.ndarray
+    reference_queries: int | None = None
+    """The same count as the attack's reference implementation keeps it (see
+    :meth:`AttackOracle.not_counted_by_reference`)."""
 
 
 @dataclass
@@ -49,6 +52,9 @@ class AttackResult:
     updates: list[Update] = field(default_factory=list)
     query_l2: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     params: dict[str, Any] = field(default_factory=dict)
+    reference_queries: int | None = None
+    """``queries`` as the reference implementation counts them (it looks at some images,
+    e.g. x0, without counting); equal to ``queries`` where the reference counts everything."""
 
     def candidate_at(self, queries: int) -> np.ndarray | None:
         """The adversarial candidate the attack held after ``queries`` queries (None if none)."""
@@ -100,6 +106,18 @@ class AttackOracle:
         self._l2: list[np.ndarray] = []
         self._progress = progress
         self.query_cost: int = int(getattr(oracle, "query_cost", 1))
+        self.uncounted_by_reference = 0
+
+    def not_counted_by_reference(self, images: int) -> None:
+        """The last ``images`` images sent are ones the attack's reference implementation looks
+        at without counting (x0's first answer in SimBA, Bandit-TD, Subspace). They still count
+        here; records carry both counts so that tables compare with the paper's."""
+        self.uncounted_by_reference += images * self.query_cost
+
+    @property
+    def reference_queries(self) -> int:
+        """Queries as the reference implementation counts them."""
+        return self.queries - self.uncounted_by_reference
 
     @property
     def remaining(self) -> int:
@@ -162,7 +180,7 @@ class AttackOracle:
         """Record a new adversarial candidate (the attack believes it is adversarial)."""
         candidate = np.asarray(candidate, dtype=np.float32).reshape(self.x0.shape)
         l2 = float(np.linalg.norm(candidate - self.x0))
-        self.updates.append(Update(self.queries, l2, candidate.copy()))
+        self.updates.append(Update(self.queries, l2, candidate.copy(), self.reference_queries))
 
     @property
     def query_l2(self) -> np.ndarray:
@@ -219,6 +237,7 @@ class Attack(ABC):
             updates=tracked.updates,
             query_l2=tracked.query_l2,
             params=self.params(),
+            reference_queries=tracked.reference_queries,
         )
 
     @abstractmethod

@@ -12,8 +12,9 @@ target class). Every probe is one query; the image's label comes with the probe'
 (argmax), so the reference's per-iteration ``get_preds`` success check needs no query of its own
 here: a probe the endpoint already classifies as adversarial is reported and ends the attack.
 
-Counting differs from the reference only where it undercounts: the first query of ``x0`` and
-the success checks are counted (DESIGN.md Sec. 6).
+Counting differs from the reference only where it undercounts: the first query of ``x0`` is
+counted (the records also carry the reference's count, without it), and the success checks cost
+nothing because they reuse the probes' answers (DESIGN.md Sec. 6).
 
 Numerics: "lower probability of the true class" is compared as "higher total probability of
 all other classes" — the same order, since the scores sum to 1, but it keeps its resolution when
@@ -121,6 +122,7 @@ class SimBA(Attack):
     def run(self, oracle: AttackOracle, rng: np.random.Generator) -> None:
         x0, shape = oracle.x0, oracle.input_shape
         probs = oracle.scores(x0[None])[0]
+        oracle.not_counted_by_reference(1)
         if self._adversarial(probs, oracle):
             oracle.report(x0)
             return

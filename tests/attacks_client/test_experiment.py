@@ -51,3 +51,30 @@ def test_a_pmis_reference_must_be_an_endpoint_and_defaults_to_the_reference() ->
     endpoints[2]["pmis_reference"] = "nope"
     with pytest.raises(ValueError, match="pmis_reference 'nope'"):
         Experiment.from_dict({"name": "p", "endpoints": endpoints, "attacks": [{"name": "hsja"}]})
+
+
+def test_one_attack_split_over_disjoint_endpoints_and_limited_to_fewer_images(
+        tmp_path: Path) -> None:
+    from attacks_client.evaluate import Evaluation
+
+    endpoints: list[dict[str, object]] = [{"name": n, "url": f"http://{n}"} for n in "abc"]
+    endpoints[0]["reference"] = True
+    attacks = [{"name": "hsja", "endpoints": ["a", "b"]},
+               {"name": "hsja", "endpoints": ["c"], "images": 2}]
+    experiment = Experiment.from_dict({"name": "s", "images": 5, "endpoints": endpoints,
+                                       "attacks": attacks})
+    urls = {str(e["name"]): str(e["url"]) for e in endpoints}
+    evaluation = Evaluation(experiment, tmp_path, urls)
+    jobs = evaluation.jobs([7, 3, 9, 1, 4])  # the selection order
+    assert sorted((e.name, i) for _, e, i in jobs if e.name == "c") == [("c", 3), ("c", 7)]
+    assert len([j for j in jobs if j[1].name != "c"]) == 2 * 5
+    overlapping = [{"name": "hsja", "endpoints": ["a", "b"]}, {"name": "hsja", "endpoints": ["b"]}]
+    with pytest.raises(ValueError, match="unique labels"):
+        Experiment.from_dict({"name": "s", "endpoints": endpoints, "attacks": overlapping})
+    other_params = [{"name": "hsja", "endpoints": ["a"]},
+                    {"name": "hsja", "endpoints": ["b"], "params": {"gamma": 2.0}}]
+    with pytest.raises(ValueError, match="unique labels"):
+        Experiment.from_dict({"name": "s", "endpoints": endpoints, "attacks": other_params})
+    with pytest.raises(ValueError, match="images must be >= 1"):
+        Experiment.from_dict({"name": "s", "endpoints": endpoints,
+                              "attacks": [{"name": "hsja", "images": 0}]})

@@ -305,7 +305,7 @@ def test_dockerfile_installs_with_the_readme_script(dockerfile: list) -> None:
     assert "torch==" in torch_only and "pip install -q ." not in torch_only
 
     readme = dry_run(test_calls[0].env, test_calls[0].args)
-    assert ".venv/bin/python -m pip install -q -e .[test,plots]" in readme
+    assert ".venv/bin/python -m pip install -q -e .[test,plots,parity]" in readme
     assert "--index-url" not in readme
 
 

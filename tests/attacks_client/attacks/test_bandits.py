@@ -44,15 +44,28 @@ def test_queries_stay_in_the_ball_and_in_budget() -> None:
     assert result.query_l2.max() <= 0.5 + 0.01 + 1e-4
 
 
-@pytest.mark.parametrize(("budget", "spent"), [(1, 1), (3, 3), (4, 4), (31, 31), (30, 30),
-                                               (32, 31)])
-def test_three_queries_per_iteration_all_counted(budget: int, spent: int) -> None:
-    # x0 (1), then per iteration 2 antithetic probes (one batch) and the check of the new image
+@pytest.mark.parametrize("budget", [1, 2, 3, 4, 30, 31, 32, 1001])
+def test_two_queries_per_iteration_no_wasted_check(budget: int) -> None:
+    # x0 (1), then per iteration only the 2 antithetic probes (one batch): the new image's
+    # success check reuses the next probes' answers, so a budget B gives (B - 1) // 2 iterations
     images, labels = correct_images()
     oracle = constant_oracle(label=int(labels[0]))
     result = BanditTD()(oracle, images[0], int(labels[0]), budget, seed=0)
+    iterations = (budget - 1) // 2
     assert result.stop_reason == "budget" and not result.updates
-    assert result.queries == oracle.queries == spent
+    assert result.queries == oracle.queries == 1 + 2 * iterations
+    assert result.reference_queries == 2 * iterations  # the reference does not count x0
+
+
+def test_an_adversarial_probe_is_the_candidate() -> None:
+    oracle, x0, label = linear_oracle((1, 28, 28), seed=2, scale=3.0)
+    result = BanditTD(epsilon=3.0)(oracle, x0, label, 3000, seed=0)
+    assert result.stop_reason == "converged" and result.updates
+    final = result.final_candidate
+    assert final is not None and oracle.labels(final[None])[0] != label
+    # the candidate is an image the attack sent and paid for: one of the last two probes
+    assert min(abs(result.final_l2 - float(v)) for v in result.query_l2[-2:]) < 1e-4
+    assert (result.queries - 1) % 2 == 0
 
 
 def test_label_only_endpoint_stops_at_once() -> None:

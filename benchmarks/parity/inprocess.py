@@ -1,0 +1,53 @@
+"""ART in-process, for the speed comparison: the embedded ResNet-20 without defense as a plain
+function, no HTTP (what ART users usually run)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from functools import cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from attacks_client.oracle import FunctionOracle
+from benchmarks.parity.jobs import Job, TimeLimit, _alarm
+
+
+@cache
+def _network() -> torch.nn.Module:
+    from service.models.registry import get_spec
+
+    torch.set_num_threads(1)
+    return get_spec("resnet20-mnist").build()
+
+
+def _predict(x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return torch.softmax(_network()(torch.from_numpy(x)), 1).numpy()
+
+
+def run_inprocess(job: Job, url: str, image: np.ndarray) -> dict[str, Any]:
+    """``run_job`` for ``art-inprocess``: the same record, the oracle a local function."""
+    from benchmarks.parity.art_runs import run_art
+
+    _network()  # load before the clock starts
+    oracle = FunctionOracle(_predict, tuple(image.shape), 10)  # type: ignore[arg-type]
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, job.time_limit)
+    start = time.perf_counter()
+    try:
+        np.random.seed(job.seed)
+        candidate, stop, started = run_art(job.attack, oracle, image, job.label, job.budget)
+    except TimeLimit:
+        candidate, stop, started = None, "time-limit", True
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    seconds = time.perf_counter() - start
+    return {"attack": job.attack, "implementation": job.implementation,
+            "endpoint": job.endpoint, "image": job.image, "label": job.label,
+            "budget": job.budget, "queries": oracle.queries, "stop_reason": stop,
+            "started": started, "seconds": round(seconds, 3),
+            "l2": None if candidate is None else float(np.linalg.norm(candidate - image)),
+            "candidate": None if candidate is None else candidate.astype(np.float32)}
