@@ -248,15 +248,18 @@ class Evaluation:
                 and (a.key, e.name, i) not in done]
 
     def check_params(self, records: list[dict[str, Any]]) -> None:
-        """Refuse to resume over records made with other attack parameters than the config's
-        (a changed ``params`` would otherwise mix two settings in one table)."""
-        attacks = {a.key: a for a in self.experiment.attacks}
+        """Refuse to resume over records made with other attack parameters than the config's,
+        defaults included (a changed ``params`` or default would otherwise mix two settings in
+        one table)."""
+        # every hyperparameter, defaults included: a changed default is a changed setting
+        attacks = {a.key: {k: v for k, v in get_attack(a.name)(**a.params).params().items()
+                           if _jsonable(v)} for a in self.experiment.attacks}
         for record in records:
-            attack = attacks.get(record["attack"])
-            if attack is None:
+            params = attacks.get(record["attack"])
+            if params is None:
                 continue
             stored = record.get("params", {})
-            changed = sorted(k for k, v in attack.params.items()
+            changed = sorted(k for k, v in params.items()
                              if json.dumps(stored.get(k)) != json.dumps(v))
             if changed:
                 raise ResumeMismatch(

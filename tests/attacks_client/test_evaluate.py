@@ -172,6 +172,13 @@ def test_resuming_with_other_attack_parameters_is_refused(
     same = dataclasses.replace(experiment, attacks=(
         AttackConfig(name="hsja"), AttackConfig(name="simba-dct", params={})))
     assert Evaluation(same, tmp_path, endpoint_urls(same)).jobs([image]) == []
+    # records made under another default (here: before HSJA had a variant) are refused too
+    lines = [json.loads(x) for x in (tmp_path / RECORDS).read_text().splitlines()]
+    for line in lines:
+        line["params"].pop("variant", None)
+    (tmp_path / RECORDS).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(ResumeMismatch, match="variant"):
+        Evaluation(same, tmp_path, endpoint_urls(same)).jobs([image])
 
 
 def test_recording_oracle_keeps_a_uniform_sample() -> None:
