@@ -9,6 +9,7 @@ from typing import Any
 from benchmarks.common import machine
 from benchmarks.parity.table import L2_RATIO, SUCCESS_MARGIN, parity_table, speed_table
 
+READING = "## Reading"
 INTRO = """\
 # Attack parity with ART
 
@@ -52,5 +53,15 @@ def write_page(path: Path, records: dict[tuple[str, str, str, int], dict[str, An
              f"ART in-process runs the same network as a local function (first "
              f"{args.inprocess_images} images), no HTTP and no server.\n\n")
     text += speed_table(records, args.attacks, "none")
+    text += _kept_reading(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def _kept_reading(path: Path) -> str:
+    """The hand-written ``## Reading`` section of the existing page, kept on regeneration."""
+    if not path.exists():
+        return ""
+    old = path.read_text()
+    start = old.find(READING)
+    return "\n" + old[start:].rstrip("\n") + "\n" if start >= 0 else ""
