@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from attacks_client.oracle import FunctionOracle
-from benchmarks.parity.jobs import Job, TimeLimit, _alarm
+from benchmarks.parity.jobs import Job, TimeLimit, _alarm, make_record
 
 
 @cache
@@ -44,10 +44,5 @@ def run_inprocess(job: Job, url: str, image: np.ndarray) -> dict[str, Any]:
         candidate, stop, started = None, "time-limit", True
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-    seconds = time.perf_counter() - start
-    return {"attack": job.attack, "implementation": job.implementation,
-            "endpoint": job.endpoint, "image": job.image, "label": job.label,
-            "budget": job.budget, "queries": oracle.queries, "stop_reason": stop,
-            "started": started, "seconds": round(seconds, 3),
-            "l2": None if candidate is None else float(np.linalg.norm(candidate - image)),
-            "candidate": None if candidate is None else candidate.astype(np.float32)}
+    return make_record(job, image, candidate, oracle.queries, stop, started,
+                       time.perf_counter() - start)

@@ -78,7 +78,13 @@ def run_job(job: Job, url: str, image: np.ndarray) -> dict[str, Any]:
             queries = oracle.queries
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-    seconds = time.perf_counter() - start
+    return make_record(job, image, candidate, queries, stop, started,
+                       time.perf_counter() - start)
+
+
+def make_record(job: Job, image: np.ndarray, candidate: np.ndarray | None, queries: int,
+                stop: str, started: bool, seconds: float) -> dict[str, Any]:
+    """The record of one run, before the parent adds its verdicts."""
     l2 = None if candidate is None else float(np.linalg.norm(candidate - image))
     return {"attack": job.attack, "implementation": job.implementation,
             "endpoint": job.endpoint, "image": job.image, "label": job.label,
@@ -87,4 +93,4 @@ def run_job(job: Job, url: str, image: np.ndarray) -> dict[str, Any]:
             "candidate": None if candidate is None else candidate.astype(np.float32)}
 
 
-__all__ = ["ATTACKS", "BudgetExhausted", "Job", "TimeLimit", "run_job"]
+__all__ = ["ATTACKS", "BudgetExhausted", "Job", "TimeLimit", "make_record", "run_job"]
