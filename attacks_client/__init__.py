@@ -1,3 +1,24 @@
-"""Black-box attack client: query-based attacks against a /predict endpoint over HTTP."""
+"""Black-box attack client: query-based attacks against an SND gateway over HTTP.
+
+Layers, each importing only those below it: :mod:`~attacks_client.cli` (the command line) →
+:mod:`~attacks_client.evaluation` (experiments, the grid, reports) →
+:mod:`~attacks_client.attacks` (the eight attacks) → :mod:`~attacks_client.oracles` (the model
+as a black box: HTTP, wrappers, the ART adapter); :mod:`~attacks_client.data` loads images.
+
+    from attacks_client import HttpOracle, get_attack
+    from attacks_client.data import load_images
+
+    images = load_images("embedded")
+    with HttpOracle("http://127.0.0.1:8000") as oracle:
+        result = get_attack("hsja")()(oracle, images.images[0], int(images.labels[0]), 1000)
+    print(result.queries, result.l2_at(1000))
+"""
+
+from attacks_client.attacks import ATTACKS, Attack, AttackResult, get_attack
+from attacks_client.evaluation import Experiment, evaluate
+from attacks_client.oracles import HttpOracle
 
 __version__ = "0.1.0"
+
+__all__ = ["ATTACKS", "Attack", "AttackResult", "Experiment", "HttpOracle", "evaluate",
+           "get_attack"]

@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attacks_client.attacks import get_attack  # noqa: E402
-from attacks_client.http import HttpOracle  # noqa: E402
-from attacks_client.oracle import FunctionOracle  # noqa: E402
+from attacks_client.oracles.base import FunctionOracle  # noqa: E402
+from attacks_client.oracles.http import HttpOracle  # noqa: E402
 from benchmarks.common import machine, median, npy_body, paired_rounds, write_section  # noqa: E402
 from service.codec import decode_npy, validate_images  # noqa: E402
 from service.config import ModelSettings, Settings  # noqa: E402

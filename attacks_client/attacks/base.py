@@ -5,7 +5,7 @@ Inside ``run`` an attack sees an :class:`AttackOracle`, which
 
 * counts every image it sends (start-up searches and success checks included; ``query_cost``
   real queries per image behind an adaptive ``RepeatOracle``) and raises
-  :class:`~attacks_client.oracle.BudgetExhausted` when a batch would cross the budget;
+  :class:`~attacks_client.oracles.base.BudgetExhausted` when a batch would cross the budget;
 * records the L2 distance to ``x0`` of every query image (the paper's ||x0 - x_q||, Table 3);
 * keeps the attack's current adversarial candidate, reported with :meth:`AttackOracle.report`,
   so that the candidate at any budget checkpoint can be read off afterwards.
@@ -21,7 +21,7 @@ from typing import Any, ClassVar, final
 
 import numpy as np
 
-from attacks_client.oracle import BudgetExhausted, Oracle, ScoresUnavailable
+from attacks_client.oracles.base import BudgetExhausted, Oracle, ScoresUnavailable
 
 Progress = Callable[[int, float], None]
 """Called after every oracle call with (queries used, L2 of the current candidate)."""

@@ -23,9 +23,9 @@ and the next direction takes the victim's logit gradient at the mean of the prob
 ⌊(B − 1) / 2⌋ steps; the extra query is x0's first answer, uncounted by the reference (the
 records carry both counts).
 
-The reference models (``attacks_client.surrogates``) are the client's own small CNNs trained on
-its attacker-proxy split; the attack uses those whose input shape and classes fit the endpoint
-and refuses to run (:class:`NoReferenceModel`) when none does.
+The reference models (:mod:`~attacks_client.attacks.surrogates`) are the client's own small CNNs
+trained on its attacker-proxy split; the attack uses those whose input shape and classes fit
+the endpoint and refuses to run (:class:`NoReferenceModel`) when none does.
 
 Black-box adaptation: the reference reads the victim's logits; the endpoint returns
 probabilities. ``log p`` equals the logits up to a per-image constant, so the CW loss
@@ -54,7 +54,7 @@ import torch
 
 from attacks_client.attacks._probes import probe_success, top_is_adversarial
 from attacks_client.attacks.base import Attack, AttackOracle
-from attacks_client.oracle import OracleError
+from attacks_client.oracles.base import OracleError
 
 
 class NoReferenceModel(OracleError, ValueError):
@@ -153,7 +153,7 @@ class SubspaceAttack(Attack):
         """The reference models that fit (loaded once per shape); :class:`NoReferenceModel`."""
         key = (tuple(input_shape), num_classes)
         if key not in self._models:
-            from attacks_client.surrogates import WEIGHTS_DIR, load_fitting
+            from attacks_client.attacks.surrogates import WEIGHTS_DIR, load_fitting
 
             directory = Path(self.weights_dir) if self.weights_dir else WEIGHTS_DIR
             names = [n.strip() for n in self.reference_models.split(",")] \
@@ -163,7 +163,7 @@ class SubspaceAttack(Attack):
                 raise NoReferenceModel(
                     f"no Subspace Attack reference model in {directory} takes input shape "
                     f"{tuple(input_shape)} with {num_classes} classes; train some on your own "
-                    f"proxy data with `python -m attacks_client.surrogates`")
+                    f"proxy data with `python -m attacks_client.attacks.surrogates`")
             self._models[key] = [(name, m.requires_grad_(False)) for name, m in models]
         return self._models[key]
 

@@ -25,10 +25,10 @@ from typing import Any
 from tqdm import tqdm
 
 from attacks_client.data import load_images
-from attacks_client.evaluate import majority_misclassified
-from attacks_client.http import HttpOracle
-from attacks_client.launch import LocalService
-from attacks_client.runner import select_images
+from attacks_client.evaluation.grid import majority_misclassified
+from attacks_client.evaluation.launch import LocalService
+from attacks_client.evaluation.scoring import select_images
+from attacks_client.oracles.http import HttpOracle
 from benchmarks.parity.inprocess import run_inprocess
 from benchmarks.parity.jobs import ATTACKS, Job, run_job
 from benchmarks.parity.page import write_page

@@ -1,5 +1,6 @@
 """ART 1.20.1's attacks with the parameters the SND paper ran (App. B.1: ART's defaults, HSJA
-with ``max_iter = 64``), through ``attacks_client.interop`` over any oracle, within a budget.
+with ``max_iter = 64``), through ``attacks_client.oracles.ArtBridge`` over any oracle, within a
+budget.
 
 ART has no query budget of its own, so each attack is set (or stepped) to stay within it:
 
@@ -14,7 +15,7 @@ ART has no query budget of its own, so each attack is set (or stepped) to stay w
   which costs up to about 300 queries).
 * GeoDA: ``max_iter`` (its query plan) = 0.9 x budget (start-up search and bisections come
   on top; with ``max_iter = 500`` it used 450-464 queries here), lowered to a size ART can plan
-  (``attacks_client.interop.art_geoda``).
+  (``attacks_client.attacks.art.art_geoda``).
 * SimBA (pixels and DCT): 2 queries per iteration, ``max_iter = (budget - 2) // 2``; the DCT
   variant with ``freq_dim = 4, stride = 1`` on 28-px images (ours scales the paper's 28/7 at
   224 px the same way).
@@ -29,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from attacks_client.interop import ArtBridge, art_geoda, numpy2_shims
-from attacks_client.oracle import BudgetExhausted, Oracle
+from attacks_client.attacks.art import art_geoda
+from attacks_client.oracles.art import ArtBridge, numpy2_shims
+from attacks_client.oracles.base import BudgetExhausted, Oracle
 
 SIGN_OPT_MARGIN = 400
 GEODA_SHARE = 0.9  # of the budget for GeoDA's query plan

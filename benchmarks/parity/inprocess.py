@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attacks_client.oracle import FunctionOracle
+from attacks_client.oracles.base import FunctionOracle
 from benchmarks.parity.jobs import Job, TimeLimit, _alarm, make_record
 
 

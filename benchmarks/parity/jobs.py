@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from attacks_client.attacks import get_attack
-from attacks_client.http import HttpOracle
-from attacks_client.oracle import BudgetExhausted
+from attacks_client.oracles.base import BudgetExhausted
+from attacks_client.oracles.http import HttpOracle
 
 # the SND paper's decision attacks ran ART (App. B.1); for the others ART is a second reference
 ATTACKS = ("hsja", "boundary", "sign-opt", "geoda", "simba", "simba-dct")

@@ -16,7 +16,7 @@ INTRO = """\
 This project's attacks next to ART 1.20.1's (Nicolae et al. 2018), the implementation the SND
 paper ran for HSJA and the Boundary Attack (App. B.1), and a second reference for Sign-OPT,
 GeoDA and SimBA. Both run over HTTP against the same local server (ART through
-`attacks_client.interop.ArtBridge`), on the same correctly classified embedded-MNIST test images
+`attacks_client.oracles.ArtBridge`), on the same correctly classified embedded-MNIST test images
 (seed {seed}), with the same budget of {budget} queries per image, every image each sends counted
 (ART's own x0 predictions included). One verdict rule for both, on the final candidate: success at
 ε when its L2 to x0 is ≤ ε and the attacked endpoint misclassifies it in a majority of

@@ -12,7 +12,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from attacks_client.measures import wilson_interval
+from attacks_client.evaluation.measures import wilson_interval
 
 EPSILONS = (1.5, 2.0)
 SUCCESS_MARGIN = 0.10  # ours >= ART - 10 points

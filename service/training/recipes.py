@@ -41,7 +41,7 @@ from service.models.noise import noise_sources, seed_noise
 from service.models.normalization import Normalized
 from service.models.pni import set_per_image_noise
 from service.models.registry import WEIGHTS_DIR, ModelSpec, get_spec
-from service.train import evaluate, random_shift, seed_everything, sha256, write_card
+from service.training.common import evaluate, random_shift, seed_everything, sha256, write_card
 from service.training.pgd import l2_pgd, l2_pgd_accuracy
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import torch
 
 from attacks_client.attacks.base import Attack
 from attacks_client.data import embedded_mnist
-from attacks_client.oracle import FunctionOracle
+from attacks_client.oracles.base import FunctionOracle
 
 MNIST_SHAPE = (1, 28, 28)
 

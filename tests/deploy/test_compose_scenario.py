@@ -27,7 +27,7 @@ import httpx
 import pytest
 import redis
 
-from attacks_client.experiment import Experiment
+from attacks_client.evaluation.experiment import Experiment
 from tests.deploy.compose import (
     dockerfile_instructions,
     environment,

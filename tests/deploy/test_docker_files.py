@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from attacks_client.experiment import Experiment
+from attacks_client.evaluation.experiment import Experiment
 from service.config import Settings
 from tests.deploy.compose import (
     COMPOSE,

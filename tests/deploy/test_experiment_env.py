@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from attacks_client.experiment import EndpointConfig, Experiment
+from attacks_client.evaluation.experiment import EndpointConfig, Experiment
 
 
 def test_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attacks_client.attacks.bandits import BanditTD, scaled_tile_size, upsample_nearest
-from attacks_client.oracle import ScoresUnavailable
+from attacks_client.oracles.base import ScoresUnavailable
 from tests.attacks_client.score_helpers import (
     assert_converges_on_victim,
     constant_oracle,

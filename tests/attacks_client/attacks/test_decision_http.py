@@ -7,8 +7,8 @@ import pytest
 
 from attacks_client.attacks import get_attack
 from attacks_client.data import ImageSet
-from attacks_client.http import HttpOracle
-from attacks_client.runner import select_images
+from attacks_client.evaluation.scoring import select_images
+from attacks_client.oracles.http import HttpOracle
 from tests.servers import ServiceProcess
 
 DECISION = ["hsja", "boundary", "sign-opt", "geoda"]

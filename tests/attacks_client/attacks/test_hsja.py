@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from attacks_client.attacks.hsja import HopSkipJump, bisection_threshold, probe_radius
-from attacks_client.oracle import FunctionOracle
+from attacks_client.oracles.base import FunctionOracle
 
 SHAPE = (1, 28, 28)
 D = 784

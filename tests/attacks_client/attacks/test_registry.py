@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attacks_client.attacks import ATTACK_NAMES, Attack, get_attack
-from attacks_client.oracle import FunctionOracle
+from attacks_client.attacks import ATTACKS, Attack, get_attack
+from attacks_client.oracles.base import FunctionOracle
 
 SHAPE = (1, 28, 28)
 BUDGET = 300
@@ -33,7 +33,7 @@ def linear_model(seed: int = 0) -> tuple[FunctionOracle, np.ndarray, int]:
     return FunctionOracle(predict, SHAPE, 10), x0, label
 
 
-@pytest.mark.parametrize("name", ATTACK_NAMES)
+@pytest.mark.parametrize("name", list(ATTACKS))
 def test_registered_attack_runs_and_counts(name: str) -> None:
     cls = get_attack(name)
     assert issubclass(cls, Attack) and cls.name == name

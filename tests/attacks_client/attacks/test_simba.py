@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from attacks_client.attacks.simba import SimBA, SimBADCT, block_order, scaled_block_params
-from attacks_client.oracle import FunctionOracle, ScoresUnavailable
+from attacks_client.oracles.base import FunctionOracle, ScoresUnavailable
 from tests.attacks_client.score_helpers import (
     constant_oracle,
     correct_images,

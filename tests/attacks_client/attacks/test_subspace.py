@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attacks_client.attacks.subspace import NoReferenceModel, SubspaceAttack
-from attacks_client.oracle import OracleError, ScoresUnavailable
+from attacks_client.oracles.base import OracleError, ScoresUnavailable
 from tests.attacks_client.score_helpers import (
     assert_converges_on_victim,
     constant_oracle,

@@ -1,0 +1,216 @@
+"""Experiment configuration: attacks x endpoints x images x budget checkpoints, from TOML.
+
+```toml
+name = "embedded"
+images = 50                 # correctly classified test images, sampled with `seed`
+seed = 0
+budget = 10000
+checkpoints = [1000, 2000, 5000, 10000]
+epsilons = [1.0, 1.5, 2.0]
+primary_epsilon = 1.5
+eval_draws = 10             # majority of this many evaluator draws decides "misclassified"
+dataset = "embedded"        # or a local CIFAR-10 batch directory, or an .npz file
+
+[[endpoints]]
+name = "none"
+url = "http://127.0.0.1:8000"   # or: serve = { defense = "none" } to start one locally
+                                # or: url_env = "UNDEFENDED_URL" (read from the environment)
+model = "resnet20-mnist"
+api_key_env = "ATTACKER_KEY"    # attacker identity; eval_api_key_env for the evaluator
+# pmis_reference = "pgdat"      # whose answers are h(x) for this endpoint's P_mis (default:
+                                # the reference endpoint; set it for a model behind SND)
+
+# Or one local server for every endpoint without url/serve (endpoints pick its models):
+# [serve]
+# workers = 2                   # server processes (uvicorn workers); the rest are SND_ settings
+# models = [{ name = "none", zoo = "resnet20-mnist", defense = { kind = "none" } }, ...]
+
+[[attacks]]
+name = "hsja"
+repeat = 1                       # T of the adaptive attack
+params = { max_iter = 64 }
+```
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attacks_client.attacks import ATTACKS
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """One defended (or undefended) service the grid attacks."""
+
+    name: str
+    url: str | None = None
+    model: str | None = None
+    api_key: str | None = None
+    eval_api_key: str | None = None
+    serve: dict[str, Any] | None = None
+    reference: bool = False
+    # the endpoint whose answers are h(x) for this one's P_mis (default: the reference); e.g.
+    # the adversarially trained model for the same model behind SND
+    pmis_reference: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> EndpointConfig:
+        raw = dict(raw)
+        if "url" in raw and "url_env" in raw:
+            raise ValueError(f"endpoint {raw.get('name')!r} takes 'url' or 'url_env', not both")
+        for key in ("url", "api_key", "eval_api_key"):
+            env = raw.pop(key + "_env", None)
+            if env is not None:
+                if env not in os.environ:
+                    raise ValueError(f"endpoint {raw.get('name')!r}: ${env} is not set")
+                raw[key] = os.environ[env]
+        endpoint = cls(**raw)
+        if endpoint.url is not None and endpoint.serve is not None:
+            raise ValueError(f"endpoint {endpoint.name!r} takes 'url' or 'serve', not both")
+        return endpoint
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """One attack of the grid; ``repeat`` > 1 makes it the adaptive (expectation) attack."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    repeat: int = 1
+    label: str | None = None
+    endpoints: tuple[str, ...] | None = None
+    images: int | None = None
+    """Attack only the first ``images`` of the experiment's images (``None``: all of them)."""
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> AttackConfig:
+        raw = dict(raw)
+        if raw.get("name") not in ATTACKS:
+            known = ", ".join(ATTACKS)
+            raise ValueError(f"unknown attack {raw.get('name')!r}; known: {known}")
+        if "endpoints" in raw:
+            raw["endpoints"] = tuple(raw["endpoints"])
+        attack = cls(**raw)
+        if attack.repeat < 1:
+            raise ValueError("repeat must be >= 1")
+        if attack.images is not None and attack.images < 1:
+            raise ValueError("an attack's images must be >= 1")
+        return attack
+
+    @property
+    def key(self) -> str:
+        """The attack's name in records and tables: ``hsja``, ``hsja (T=5)``."""
+        if self.label:
+            return self.label
+        return self.name if self.repeat == 1 else f"{self.name} (T={self.repeat})"
+
+    def runs_on(self, endpoint: str) -> bool:
+        return self.endpoints is None or endpoint in self.endpoints
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    endpoints: tuple[EndpointConfig, ...]
+    attacks: tuple[AttackConfig, ...]
+    images: int = 20
+    seed: int = 0
+    budget: int = 10000
+    checkpoints: tuple[int, ...] = (1000, 2000, 5000, 10000)
+    epsilons: tuple[float, ...] = (1.0, 1.5, 2.0)
+    primary_epsilon: float = 1.5
+    eval_draws: int = 10
+    dataset: str = "embedded"
+    accuracy_repeats: int = 5
+    accuracy_images: int | None = None
+    pmis_samples: int = 200
+    sigma_hat_images: int = 100
+    sigma_hat_draws: int = 100
+    serve: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Experiment:
+        raw = dict(raw)
+        endpoints = tuple(EndpointConfig.from_dict(e) for e in raw.pop("endpoints", []))
+        attacks = tuple(AttackConfig.from_dict(a) for a in raw.pop("attacks", []))
+        for key in ("checkpoints", "epsilons"):
+            if key in raw:
+                raw[key] = tuple(raw[key])
+        experiment = cls(endpoints=endpoints, attacks=attacks, **raw)
+        experiment.check()
+        return experiment
+
+    @classmethod
+    def load(cls, path: str | Path) -> Experiment:
+        with Path(path).open("rb") as fh:
+            raw = tomllib.load(fh)
+        raw.setdefault("name", Path(path).stem)
+        return cls.from_dict(raw)
+
+    def check(self) -> None:
+        if not self.endpoints or not self.attacks:
+            raise ValueError("an experiment needs at least one endpoint and one attack")
+        names = [e.name for e in self.endpoints]
+        if len(set(names)) != len(names):
+            raise ValueError("endpoint names must be unique")
+        by_key: dict[str, list[AttackConfig]] = {}
+        for attack in self.attacks:
+            by_key.setdefault(attack.key, []).append(attack)
+        for group in by_key.values():
+            # one attack may be split over disjoint endpoint sets (e.g. fewer images on some)
+            if len(group) > 1 and not _split_attack(group):
+                raise ValueError("attacks must have unique labels (set 'label')")
+        if self.images < 1 or self.budget < 1 or self.eval_draws < 1:
+            raise ValueError("images, budget and eval_draws must be >= 1")
+        if self.primary_epsilon not in self.epsilons:
+            raise ValueError("primary_epsilon must be one of epsilons")
+        for attack in self.attacks:
+            unknown = sorted(set(attack.endpoints or ()) - set(names))
+            if unknown:
+                raise ValueError(f"attack {attack.key!r} names unknown endpoints: "
+                                 f"{', '.join(unknown)}")
+        for endpoint in self.endpoints:
+            if endpoint.pmis_reference is not None and endpoint.pmis_reference not in names:
+                raise ValueError(f"endpoint {endpoint.name!r}: pmis_reference "
+                                 f"{endpoint.pmis_reference!r} is not an endpoint")
+            if endpoint.url is None and endpoint.serve is None and self.serve is None:
+                raise ValueError(f"endpoint {endpoint.name!r} needs 'url' or 'serve' (or a "
+                                 "top-level [serve] table for one shared local server)")
+
+    @property
+    def budget_checkpoints(self) -> tuple[int, ...]:
+        """The checkpoints within the budget, and the budget itself."""
+        points = sorted({q for q in self.checkpoints if q <= self.budget} | {self.budget})
+        return tuple(points)
+
+    def pmis_reference_of(self, endpoint: EndpointConfig) -> EndpointConfig:
+        """The endpoint answering h(x) for ``endpoint``'s P_mis."""
+        if endpoint.pmis_reference is None:
+            return self.reference
+        return next(e for e in self.endpoints if e.name == endpoint.pmis_reference)
+
+    @property
+    def reference(self) -> EndpointConfig:
+        """The clean endpoint: picks the images and answers h(x) for P_mis."""
+        flagged = [e for e in self.endpoints if e.reference]
+        return flagged[0] if flagged else self.endpoints[0]
+
+
+def _split_attack(group: list[AttackConfig]) -> bool:
+    """The entries are one attack (same name, params, repeat) on disjoint endpoint sets."""
+    first = group[0]
+    if any((a.name, a.params, a.repeat) != (first.name, first.params, first.repeat)
+           or a.endpoints is None for a in group):
+        return False
+    seen: set[str] = set()
+    for attack in group:
+        assert attack.endpoints is not None
+        if seen & set(attack.endpoints):
+            return False
+        seen |= set(attack.endpoints)
+    return True

@@ -1,0 +1,61 @@
+"""The report's plots: median L2 of the adversarial candidate against queries (matplotlib)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from attacks_client.evaluation.runs import Run
+
+
+def plot_median_l2(run: Run, directory: Path) -> list[Path]:
+    """One PNG per attack: the median L2 of the candidate against queries, a line per
+    endpoint, with the primary ε marked; returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    by_attack: dict[str, dict[str, list[list[Any]]]] = defaultdict(dict)
+    for attack in run.attacks:
+        for endpoint in run.endpoints:
+            records = run.select(attack["key"], endpoint)
+            if records:
+                by_attack[attack["key"]][endpoint] = [r["candidate_l2"] for r in records]
+    for key, series in by_attack.items():
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for endpoint, curves in series.items():
+            q = np.array([p[0] for p in curves[0]])
+            values = np.array([[math.inf if p[1] is None else p[1] for p in c] for c in curves])
+            median = np.median(values, axis=0)
+            ax.plot(q, np.where(np.isfinite(median), median, np.nan), label=endpoint)
+        epsilon = run.experiment["primary_epsilon"]
+        ax.axhline(epsilon, color="grey", linestyle="--", linewidth=0.8)
+        ax.annotate(f"ε = {epsilon}", (0.99, epsilon), xycoords=("axes fraction", "data"),
+                    ha="right", va="bottom", fontsize=7, color="grey")
+        images = max(len(c) for c in series.values())
+        ax.set(xlabel="queries", ylabel="median L2 of the candidate",
+               title=f"{key} ({images} images)")
+        ax.set_yscale("log")
+        plain = ScalarFormatter()
+        plain.set_scientific(False)
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        slug = "".join(c for c in key.replace(" ", "_") if c.isalnum() or c in "_-")
+        path = directory / f"l2_{slug}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,24 @@
+"""Oracles: the only view an attack has of the model (the bottom layer of the client).
+
+:class:`Oracle` is the protocol (labels, scores, a query count), :class:`HttpOracle` a gateway's
+``/predict`` over HTTP, :class:`FunctionOracle` an in-process function; the wrappers repeat each
+query T times (:class:`RepeatOracle`, the adaptive attack) or keep a sample of the queries
+(:class:`RecordingOracle`); :class:`ArtBridge` shows any oracle to ART as a classifier.
+"""
+
+from attacks_client.oracles.art import ArtBridge, art_classifier
+from attacks_client.oracles.base import (
+    BudgetExhausted,
+    FunctionOracle,
+    Oracle,
+    OracleError,
+    OracleWrapper,
+    ScoresUnavailable,
+)
+from attacks_client.oracles.http import HttpOracle
+from attacks_client.oracles.recording import RecordingOracle
+from attacks_client.oracles.repeat import RepeatOracle
+
+__all__ = ["ArtBridge", "BudgetExhausted", "FunctionOracle", "HttpOracle", "Oracle",
+           "OracleError", "OracleWrapper", "RecordingOracle", "RepeatOracle",
+           "ScoresUnavailable", "art_classifier"]

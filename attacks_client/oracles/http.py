@@ -1,0 +1,251 @@
+"""``HttpOracle``: a ``/predict`` endpoint seen as a black-box classifier.
+
+* Transport: float32 ``.npy`` bodies (``application/x-npy``), never 8-bit images — attack probes
+  are far below one 8-bit step. ``model`` and ``output`` go in the query string.
+* One request per batch of independent probes, split into chunks of at most the server's batch
+  limit; one keep-alive ``httpx.Client`` for the oracle's life.
+* Counting: every image sent in an answered request is one query; the count equals the server's
+  (``X-Queries-Used``, remembered in :attr:`HttpOracle.server_queries`). The optional client-side
+  ``budget`` is enforced *before* sending: a batch that does not fit raises
+  :class:`~attacks_client.oracles.BudgetExhausted` and sends nothing. A 429 from the server is
+  ``BudgetExhausted`` too.
+* Failures an attack cannot recover from are :class:`~attacks_client.oracles.OracleError` with a
+  one-line message; asking a label-only model for scores is
+  :class:`~attacks_client.oracles.ScoresUnavailable`. A 503 is retried after ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import time
+from types import TracebackType
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+
+from attacks_client.oracles.base import BudgetExhausted, OracleError, ScoresUnavailable
+
+log = logging.getLogger(__name__)
+
+OutputMode = Literal["label", "scores"]
+DEFAULT_MAX_BATCH = 256
+
+
+def _error_message(response: httpx.Response) -> tuple[str, str]:
+    """``(code, message)`` of the service's JSON error body (or the raw text)."""
+    try:
+        error = response.json()["error"]
+        return str(error.get("code", "")), str(error.get("message", ""))
+    except Exception:
+        return "", response.text.strip()[:200]
+
+
+class HttpOracle:
+    """The model behind ``POST {url}/predict``, answering labels (and scores in score mode)."""
+
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        *,
+        api_key: str | None = None,
+        output: OutputMode = "label",
+        budget: int | None = None,
+        max_batch: int | None = None,
+        timeout: float = 60.0,
+        retries: int = 5,
+        verify: bool = True,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if output not in ("label", "scores"):
+            raise ValueError("output must be 'label' or 'scores'")
+        self.url = url.rstrip("/")
+        self.output: OutputMode = output
+        self.budget = budget
+        self.retries = retries
+        self.queries = 0
+        self.requests = 0
+        self.server_queries: int | None = None
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._client = httpx.Client(base_url=self.url, headers=headers, timeout=timeout,
+                                    transport=transport)
+        info = self._model_info(model)
+        self.model: str = str(info["name"])
+        self.input_shape: tuple[int, int, int] = tuple(info["input_shape"])  # type: ignore[assignment]
+        self.num_classes: int = int(info["num_classes"])
+        self.outputs: list[str] = list(info.get("outputs", ["label", "scores"]))
+        self.defense: dict[str, Any] = dict(info.get("defense", {}))
+        self.architecture: str | None = info.get("architecture")  # the zoo network, if told
+        self.max_batch = max_batch or DEFAULT_MAX_BATCH
+        if self.output == "scores" and "scores" not in self.outputs:
+            self.close()
+            raise ScoresUnavailable(f"model {self.model!r} answers labels only")
+        if verify:
+            self._verify_key()
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> HttpOracle:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- the Oracle protocol ------------------------------------------------------------------
+
+    @property
+    def has_scores(self) -> bool:
+        return self.output == "scores"
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.budget is None else self.budget - self.queries
+
+    def labels(self, x: np.ndarray) -> np.ndarray:
+        """Top-1 labels ``(N,)``; costs N queries (asked as ``output=label`` in either mode)."""
+        labels, _ = self._predict(x, "label")
+        return labels
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, classes)``; costs N queries."""
+        if not self.has_scores:
+            raise ScoresUnavailable(f"this oracle was opened with output={self.output!r}")
+        _, scores = self._predict(x, "scores")
+        assert scores is not None
+        return scores
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def _model_info(self, model: str | None) -> dict[str, Any]:
+        response = self._send("GET", "/models")
+        models = response.json().get("models", [])
+        if not models:
+            raise OracleError(f"{self.url} serves no models")
+        if model is None:
+            return next((m for m in models if m.get("default")), models[0])  # type: ignore[no-any-return]
+        for info in models:
+            if info["name"] == model:
+                return info  # type: ignore[no-any-return]
+        served = ", ".join(m["name"] for m in models)
+        raise OracleError(f"unknown model {model!r} at {self.url}; served: {served}")
+
+    def _verify_key(self) -> None:
+        """Check the API key up front at no cost: an empty batch passes authentication and is
+        then refused (422, nothing counted); a refused key answers 401."""
+        buffer = io.BytesIO()
+        np.save(buffer, np.zeros((0, *self.input_shape), np.float32), allow_pickle=False)
+        try:
+            self._send("POST", "/predict", content=buffer.getvalue(),
+                       params={"model": self.model, "output": "label"},
+                       headers={"Content-Type": "application/x-npy"})
+        except OracleError as exc:
+            if "refused the API key" in str(exc):
+                self.close()
+                raise
+            log.debug("key check: %s", exc)
+
+    def _predict(self, x: np.ndarray, output: OutputMode) -> tuple[np.ndarray, np.ndarray | None]:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"batch shape {x.shape} does not match (N, *{self.input_shape})")
+        n = len(x)
+        if n == 0:
+            return np.zeros(0, np.int64), np.zeros((0, self.num_classes), np.float32)
+        if self.budget is not None and self.queries + n > self.budget:
+            raise BudgetExhausted(f"{n} queries asked, {self.budget - self.queries} left")
+        labels, scores = [], []
+        start = 0
+        while start < n:
+            chunk = x[start : start + self.max_batch]
+            try:
+                payload = self._post_chunk(chunk, output)
+            except _BatchTooLarge as exc:  # nothing was counted: re-chunk and go on
+                self.max_batch = max(1, min(exc.limit or len(chunk) // 2, len(chunk) - 1))
+                log.info("server batch limit is %d images", self.max_batch)
+                continue
+            labels.append(np.asarray(payload["labels"], dtype=np.int64))
+            if output == "scores":
+                scores.append(np.asarray(payload["scores"], dtype=np.float32))
+            start += len(chunk)
+        return np.concatenate(labels), (np.concatenate(scores) if scores else None)
+
+    def _post_chunk(self, chunk: np.ndarray, output: OutputMode) -> dict[str, Any]:
+        buffer = io.BytesIO()
+        np.save(buffer, chunk, allow_pickle=False)
+        response = self._send(
+            "POST", "/predict", content=buffer.getvalue(),
+            params={"model": self.model, "output": output},
+            headers={"Content-Type": "application/x-npy"},
+        )
+        self.queries += len(chunk)
+        self.requests += 1
+        used = response.headers.get("x-queries-used")
+        if used is not None and used.isdigit():
+            self.server_queries = int(used)
+        payload: dict[str, Any] = response.json()
+        return payload
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request with retries on 503; every other failure raised as a typed error."""
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._client.request(method, path, **kwargs)
+            except httpx.TimeoutException:
+                raise OracleError(f"{self.url} did not answer within "
+                                  f"{self._client.timeout.read}s") from None
+            except httpx.TransportError as exc:
+                raise OracleError(f"cannot reach {self.url} ({type(exc).__name__})") from None
+            if response.status_code == 503 and attempt < self.retries:
+                delay = _retry_after(response)
+                log.warning("%s answered 503 (%s); retrying in %.1fs",
+                            self.url, _error_message(response)[1], delay)
+                time.sleep(delay)
+                continue
+            if response.is_success:
+                return response
+            self._raise_for(response)
+        raise AssertionError("unreachable")
+
+    def _raise_for(self, response: httpx.Response) -> None:
+        status = response.status_code
+        code, message = _error_message(response)
+        if status == 413 and code == "batch_too_large":
+            found = re.search(r"limit (\d+)", message)
+            raise _BatchTooLarge(int(found.group(1)) if found else 0)
+        if status == 429:
+            raise BudgetExhausted(f"the server refused the batch: {message}")
+        if status == 401:
+            raise OracleError(f"{self.url} refused the API key ({code or status}): {message}")
+        if status == 403 and code == "label_only":
+            raise ScoresUnavailable(message)
+        if status == 404 and code == "unknown_model":
+            raise OracleError(message)
+        if status == 404:
+            raise OracleError(f"{self.url} has no such route ({response.request.url.path}); "
+                              "is this an SND gateway?")
+        if status == 503:
+            raise OracleError(f"{self.url} is unavailable: {message}")
+        raise OracleError(f"{self.url} answered {status} {code}: {message}".rstrip(": "))
+
+
+class _BatchTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return min(max(float(response.headers.get("retry-after", "1")), 0.1), 30.0)
+    except ValueError:
+        return 1.0
