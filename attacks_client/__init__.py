@@ -10,7 +10,7 @@ as a black box: HTTP, wrappers, the ART adapter); :mod:`~attacks_client.data` lo
 
     images = load_images("embedded")
     with HttpOracle("http://127.0.0.1:8000") as oracle:
-        result = get_attack("hsja")()(oracle, images.images[0], int(images.labels[0]), 1000)
+        result = get_attack("hsja")()(oracle, images.images[1], int(images.labels[1]), 1000)
     print(result.queries, result.l2_at(1000))
 """
 
@@ -20,5 +20,12 @@ from attacks_client.oracles import HttpOracle
 
 __version__ = "0.1.0"
 
-__all__ = ["ATTACKS", "Attack", "AttackResult", "Experiment", "HttpOracle", "evaluate",
-           "get_attack"]
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "AttackResult",
+    "Experiment",
+    "HttpOracle",
+    "evaluate",
+    "get_attack",
+]

@@ -41,8 +41,11 @@ def cpu_seconds(pid: int) -> float:
 
 def charges_per_call(metrics: str) -> float:
     """Mean of the ``snd_accounting_charges_per_call`` histogram in a ``/metrics`` text."""
-    values = dict(line.split(" ", 1) for line in metrics.splitlines()
-                  if line.startswith("snd_accounting_charges_per_call_"))
+    values = dict(
+        line.split(" ", 1)
+        for line in metrics.splitlines()
+        if line.startswith("snd_accounting_charges_per_call_")
+    )
     calls = float(values.get("snd_accounting_charges_per_call_count", "0"))
     return float(values.get("snd_accounting_charges_per_call_sum", "0")) / calls if calls else 0.0
 
@@ -50,12 +53,19 @@ def charges_per_call(metrics: str) -> float:
 def measure(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Per-round throughputs, and CPU milliseconds per request (server, plus redis-server);
     ``args.charges_per_call`` is set to how many charges shared a Redis call on average."""
-    common = {"defense": "snd", "sigma": 0.01, "torch_threads": args.torch_threads,
-              "log_level": "warning"}
+    common = {
+        "defense": "snd",
+        "sigma": 0.01,
+        "torch_threads": args.torch_threads,
+        "log_level": "warning",
+    }
     rates: dict[str, list[float]] = {"memory": [], "redis": []}
     cpu = {"memory": 0.0, "redis": 0.0}
-    with RedisProcess() as redis, ServiceProcess(common) as memory, \
-            ServiceProcess({**common, "redis_url": redis.url}) as counted:
+    with (
+        RedisProcess() as redis,
+        ServiceProcess(common) as memory,
+        ServiceProcess({**common, "redis_url": redis.url}) as counted,
+    ):
         urls = {"memory": memory.url, "redis": counted.url}
         assert memory.proc and counted.proc and redis.proc
         pids = {"memory": [memory.proc.pid], "redis": [counted.proc.pid, redis.proc.pid]}
@@ -63,8 +73,9 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str,
             order = ["memory", "redis"] if r % 2 == 0 else ["redis", "memory"]
             for name in order:
                 before = sum(cpu_seconds(pid) for pid in pids[name])
-                rate = asyncio.run(images_per_second(urls[name], BODY, 1, args.requests,
-                                                     args.concurrency))
+                rate = asyncio.run(
+                    images_per_second(urls[name], BODY, 1, args.requests, args.concurrency)
+                )
                 cpu[name] += sum(cpu_seconds(pid) for pid in pids[name]) - before
                 rates[name].append(rate)
                 log.info("round %d %-6s %7.1f req/s", r, name, rate)
@@ -73,8 +84,10 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str,
         expected = args.rounds * (args.requests + WARM_UP)
         if used != expected:
             raise RuntimeError(f"redis counted {used} queries, expected {expected}")
-    per_request = {name: 1000 * total / (args.rounds * (args.requests + WARM_UP))
-                   for name, total in cpu.items()}
+    per_request = {
+        name: 1000 * total / (args.rounds * (args.requests + WARM_UP))
+        for name, total in cpu.items()
+    }
     return rates, per_request
 
 
@@ -83,8 +96,13 @@ def paired_ratio(rates: dict[str, list[float]]) -> float:
     return statistics.median(r / m for r, m in zip(rates["redis"], rates["memory"], strict=True))
 
 
-def section(rates: dict[str, list[float]], cpu_ms: dict[str, float], ratio: float,
-            args: argparse.Namespace, command: str) -> str:
+def section(
+    rates: dict[str, list[float]],
+    cpu_ms: dict[str, float],
+    ratio: float,
+    args: argparse.Namespace,
+    command: str,
+) -> str:
     memory, redis = statistics.median(rates["memory"]), statistics.median(rates["redis"])
     verdict = "meets" if ratio >= 0.95 else "misses"
     spread = statistics.pstdev(rates["memory"]) / statistics.fmean(rates["memory"])
@@ -92,46 +110,50 @@ def section(rates: dict[str, list[float]], cpu_ms: dict[str, float], ratio: floa
     caveat = (
         f" Caution: the in-memory rounds alone vary by ±{spread:.0%} (background load), more "
         "than the effect measured; the CPU ratio below is the steadier figure."
-        if spread > 0.1 else ""
+        if spread > 0.1
+        else ""
     )
-    return "\n".join([
-        HEADING,
-        "",
-        f"`{command}`",
-        "",
-        f"Single-image `output=label` requests (`.npy` body) from raw keep-alive sockets "
-        f"(`benchmarks/common.py`), {args.concurrency} concurrent connections, one uvicorn "
-        f"worker per server (`torch_threads={args.torch_threads}`), "
-        f"ResNet-20 MNIST behind SND σ = 0.01; {args.rounds} alternating rounds of "
-        f"{args.requests} requests against each server; medians. Machine: "
-        f"{platform.machine()}, {os.cpu_count()} CPUs, shared with other work.",
-        "",
-        "| counter | throughput (req/s) | server CPU ms / request | rounds (req/s) |",
-        "|---|---|---|---|",
-        f"| in-memory | {memory:.1f} | {cpu_ms['memory']:.2f} | "
-        f"{', '.join(f'{r:.0f}' for r in rates['memory'])} |",
-        f"| Redis (coalesced Lua charges) | {redis:.1f} | {cpu_ms['redis']:.2f} "
-        f"(incl. redis-server) | {', '.join(f'{r:.0f}' for r in rates['redis'])} |",
-        "",
-        f"**Redis ÷ in-memory = {ratio:.3f}** (median of the per-round ratios, each pair "
-        f"measured back to back; ratio of the medians: {redis / memory:.3f}); {verdict} the "
-        f"≥ 0.95 target.{caveat} The run also checked that Redis counted every request "
-        "answered.",
-        "",
-        f"CPU per request (less sensitive to background load than throughput): in-memory ÷ "
-        f"Redis = {cpu_ratio:.3f}, i.e. {cpu_ms['redis'] - cpu_ms['memory']:.2f} ms more per "
-        "request (the redis-py round trip in the server, plus redis-server); the throughput "
-        "ratio to expect when the server is CPU-bound. Requests that arrive together share "
-        f"one Redis call: {args.charges_per_call:.2f} charges per call on average "
-        "(`snd_accounting_charges_per_call`). Load average (1 min) before / after "
-        f"the run: {args.load_before:.1f} / {os.getloadavg()[0]:.1f}.",
-        "",
-    ])
+    return "\n".join(
+        [
+            HEADING,
+            "",
+            f"`{command}`",
+            "",
+            f"Single-image `output=label` requests (`.npy` body) from raw keep-alive sockets "
+            f"(`benchmarks/common.py`), {args.concurrency} concurrent connections, one uvicorn "
+            f"worker per server (`torch_threads={args.torch_threads}`), "
+            f"ResNet-20 MNIST behind SND σ = 0.01; {args.rounds} alternating rounds of "
+            f"{args.requests} requests against each server; medians. Machine: "
+            f"{platform.machine()}, {os.cpu_count()} CPUs, shared with other work.",
+            "",
+            "| counter | throughput (req/s) | server CPU ms / request | rounds (req/s) |",
+            "|---|---|---|---|",
+            f"| in-memory | {memory:.1f} | {cpu_ms['memory']:.2f} | "
+            f"{', '.join(f'{r:.0f}' for r in rates['memory'])} |",
+            f"| Redis (coalesced Lua charges) | {redis:.1f} | {cpu_ms['redis']:.2f} "
+            f"(incl. redis-server) | {', '.join(f'{r:.0f}' for r in rates['redis'])} |",
+            "",
+            f"**Redis ÷ in-memory = {ratio:.3f}** (median of the per-round ratios, each pair "
+            f"measured back to back; ratio of the medians: {redis / memory:.3f}); {verdict} the "
+            f"≥ 0.95 target.{caveat} The run also checked that Redis counted every request "
+            "answered.",
+            "",
+            f"CPU per request (less sensitive to background load than throughput): in-memory ÷ "
+            f"Redis = {cpu_ratio:.3f}, i.e. {cpu_ms['redis'] - cpu_ms['memory']:.2f} ms more per "
+            "request (the redis-py round trip in the server, plus redis-server); the throughput "
+            "ratio to expect when the server is CPU-bound. Requests that arrive together share "
+            f"one Redis call: {args.charges_per_call:.2f} charges per call on average "
+            "(`snd_accounting_charges_per_call`). Load average (1 min) before / after "
+            f"the run: {args.load_before:.1f} / {os.getloadavg()[0]:.1f}.",
+            "",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=1000, help="requests per round")
     parser.add_argument("--rounds", type=int, default=6, help="rounds per server")
     parser.add_argument("--concurrency", type=int, default=8)
@@ -145,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     rates, cpu_ms = measure(args)
     ratio = paired_ratio(rates)
     command = "python -m benchmarks.bench_accounting " + " ".join(
-        argv if argv is not None else sys.argv[1:])
+        argv if argv is not None else sys.argv[1:]
+    )
     text = section(rates, cpu_ms, ratio, args, command.strip())
     print(text)  # noqa: T201 - a benchmark's report
     if args.write:

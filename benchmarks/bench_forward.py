@@ -75,8 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     hosts = {
         "eager": ModelHost.load(settings, cpu, False),
         "traced": ModelHost.load(settings, cpu, False, graph="trace"),
-        "traced, chunks of 32": ModelHost.load(settings, cpu, False, graph="trace",
-                                               chunk_images=32),
+        "traced, chunks of 32": ModelHost.load(
+            settings, cpu, False, graph="trace", chunk_images=32
+        ),
     }
     print("| threads | batch | " + " | ".join(hosts) + " | traced ÷ eager |")
     print("|---|---|" + "---|" * (len(hosts) + 1))

@@ -44,9 +44,13 @@ def in_process_host(defense: str = "none") -> ModelHost:
     """The model as a server with default settings holds it (traced, chunked), one thread."""
     torch.set_num_threads(1)
     defaults = Settings()
-    return ModelHost.load(ModelSettings(defense={"kind": defense, "sigma": 0.01}),
-                          torch.device("cpu"), False, graph=defaults.graph,
-                          chunk_images=defaults.forward_chunk_images)
+    return ModelHost.load(
+        ModelSettings(defense={"kind": defense, "sigma": 0.01}),
+        torch.device("cpu"),
+        False,
+        graph=defaults.graph,
+        chunk_images=defaults.forward_chunk_images,
+    )
 
 
 def model_throughput(host: ModelHost, batch: int, repeats: int) -> float:
@@ -60,30 +64,51 @@ def model_throughput(host: ModelHost, batch: int, repeats: int) -> float:
 
 def snd_ratio(rounds: int) -> dict[str, float]:
     out = {}
-    with ServiceProcess({"defense": "none"}) as off, \
-            ServiceProcess({"defense": "snd", "sigma": 0.01}) as on:
+    with (
+        ServiceProcess({"defense": "none"}) as off,
+        ServiceProcess({"defense": "snd", "sigma": 0.01}) as on,
+    ):
         urls = {"off": off.url, "on": on.url}
         for batch, requests in ((1, 400), (100, 40)):
-            rates = paired_rounds(urls, rounds, body=npy_body(batch), images_per_request=batch,
-                                  requests=requests, concurrency=1)
+            rates = paired_rounds(
+                urls,
+                rounds,
+                body=npy_body(batch),
+                images_per_request=batch,
+                requests=requests,
+                concurrency=1,
+            )
             # each round's pair ran back to back: the median of their ratios cancels the drift
             # of background load that moves both servers alike
-            out[f"batch {batch}"] = median([on / off for on, off in zip(rates["on"], rates["off"],
-                                                                       strict=True)])
+            out[f"batch {batch}"] = median(
+                [on / off for on, off in zip(rates["on"], rates["off"], strict=True)]
+            )
             log.info("SND batch %d: %s", batch, rates)
     return out
 
 
 def batching_ratios(rounds: int) -> dict[str, float]:
     own = model_throughput(in_process_host(), 256, 20)
-    with ServiceProcess({"defense": "snd", "sigma": 0.01, "batching": True}) as on, \
-            ServiceProcess({"defense": "snd", "sigma": 0.01, "batching": False}) as off:
-        rates = paired_rounds({"on": on.url, "off": off.url}, rounds, body=npy_body(1),
-                              images_per_request=1, requests=1600, concurrency=32)
+    with (
+        ServiceProcess({"defense": "snd", "sigma": 0.01, "batching": True}) as on,
+        ServiceProcess({"defense": "snd", "sigma": 0.01, "batching": False}) as off,
+    ):
+        rates = paired_rounds(
+            {"on": on.url, "off": off.url},
+            rounds,
+            body=npy_body(1),
+            images_per_request=1,
+            requests=1600,
+            concurrency=32,
+        )
     log.info("batching: own %.0f img/s, %s", own, rates)
-    return {"own": own, "served": median(rates["on"]), "unbatched": median(rates["off"]),
-            "served/own": median(rates["on"]) / own,
-            "on/off": median(rates["on"]) / median(rates["off"])}
+    return {
+        "own": own,
+        "served": median(rates["on"]),
+        "unbatched": median(rates["off"]),
+        "served/own": median(rates["on"]) / own,
+        "on/off": median(rates["on"]) / median(rates["off"]),
+    }
 
 
 def transport_ratio(repeats: int = 50) -> dict[str, float]:
@@ -136,25 +161,51 @@ def section(results: dict[str, dict[str, float]], command: str) -> str:
     rows = [
         ("SND on ÷ off, batch 1", snd["batch 1"], "≥ 0.97", verdict(snd["batch 1"] >= 0.97)),
         ("SND on ÷ off, batch 100", snd["batch 100"], "≥ 0.97", verdict(snd["batch 100"] >= 0.97)),
-        ("32 callers served ÷ model's own batched throughput", batching["served/own"], "≥ 0.7",
-         verdict(batching["served/own"] >= 0.7)),
-        ("32 callers, batching on ÷ off", batching["on/off"], "> 1",
-         verdict(batching["on/off"] > 1)),
-        ("npy encode + decode ÷ model time, batch 100", transport["ratio"], "≤ 0.1",
-         verdict(transport["ratio"] <= 0.1)),
-        ("HSJA queries/s over HTTP ÷ in-process", hsja["ratio"], "≥ 0.6",
-         verdict(hsja["ratio"] >= 0.6)),
+        (
+            "32 callers served ÷ model's own batched throughput",
+            batching["served/own"],
+            "≥ 0.7",
+            verdict(batching["served/own"] >= 0.7),
+        ),
+        (
+            "32 callers, batching on ÷ off",
+            batching["on/off"],
+            "> 1",
+            verdict(batching["on/off"] > 1),
+        ),
+        (
+            "npy encode + decode ÷ model time, batch 100",
+            transport["ratio"],
+            "≤ 0.1",
+            verdict(transport["ratio"] <= 0.1),
+        ),
+        (
+            "HSJA queries/s over HTTP ÷ in-process",
+            hsja["ratio"],
+            "≥ 0.6",
+            verdict(hsja["ratio"] >= 0.6),
+        ),
     ]
-    lines = [HEADING, "", f"`{command}` on {machine()}; one run, servers with one torch thread "
-             "and default settings (traced graph, chunks of 32, no batching wait). SND on ÷ off "
-             "is the median of per-round ratios (the two servers alternate round by round).",
-             "", "| ratio | measured | target | |", "|---|---|---|---|"]
+    lines = [
+        HEADING,
+        "",
+        f"`{command}` on {machine()}; one run, servers with one torch thread "
+        "and default settings (traced graph, chunks of 32, no batching wait). SND on ÷ off "
+        "is the median of per-round ratios (the two servers alternate round by round).",
+        "",
+        "| ratio | measured | target | |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {name} | {value:.3f} | {target} | {ok} |" for name, value, target, ok in rows]
-    lines += ["", f"Absolute figures of this run: model alone {batching['own']:.0f} images/s "
-              f"(batch 256); served to 32 callers {batching['served']:.0f} images/s with batching, "
-              f"{batching['unbatched']:.0f} without; npy codec {transport['codec_ms']:.2f} ms vs "
-              f"model {transport['model_ms']:.1f} ms per 100 images; HSJA {hsja['http_qps']:.0f} "
-              f"queries/s over HTTP vs {hsja['local_qps']:.0f} in-process.", ""]
+    lines += [
+        "",
+        f"Absolute figures of this run: model alone {batching['own']:.0f} images/s "
+        f"(batch 256); served to 32 callers {batching['served']:.0f} images/s with batching, "
+        f"{batching['unbatched']:.0f} without; npy codec {transport['codec_ms']:.2f} ms vs "
+        f"model {transport['model_ms']:.1f} ms per 100 images; HSJA {hsja['http_qps']:.0f} "
+        f"queries/s over HTTP vs {hsja['local_qps']:.0f} in-process.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -174,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
         "hsja": hsja_ratio(args.hsja_images, args.hsja_budget),
     }
     command = "python -m benchmarks.bench_serving" + "".join(
-        f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+        f" {a}" for a in (argv if argv is not None else sys.argv[1:])
+    )
     text = section(results, command)
     print(text)
     if args.write:

@@ -38,17 +38,24 @@ async def _http_worker(port: int, request: bytes, requests: list[int]) -> None:
         writer.close()
 
 
-async def images_per_second(url: str, body: bytes, images_per_request: int, requests: int,
-                            concurrency: int, output: str = "label") -> float:
+async def images_per_second(
+    url: str,
+    body: bytes,
+    images_per_request: int,
+    requests: int,
+    concurrency: int,
+    output: str = "label",
+) -> float:
     """Images per second answered for ``requests`` identical npy requests at ``concurrency``.
 
     The load comes from raw HTTP/1.1 keep-alive connections (about 60 µs of client CPU per
     request, against 1 ms and more for an HTTP library), so on a 2-core machine the server and
     not the load generator is what gets measured."""
     port = int(url.rsplit(":", 1)[1].rstrip("/"))
-    request = (f"POST /predict?output={output} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-               f"Content-Type: application/x-npy\r\nContent-Length: {len(body)}\r\n\r\n"
-               ).encode() + body
+    request = (
+        f"POST /predict?output={output} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/x-npy\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     await _http_worker(port, request, [3])  # warm-up
     remaining = [requests]
     start = time.perf_counter()
@@ -74,15 +81,20 @@ def machine() -> str:
 
     import torch
 
-    return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}"
+    )
 
 
 def write_section(path: Path, heading: str, text: str) -> None:
     """Replace (or append) the section under ``heading``; other sections stay as they are."""
     old = path.read_text() if path.exists() else "# Performance\n"
     pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.M | re.S)
-    new = pattern.sub(lambda _: text.rstrip("\n") + "\n\n", old) if pattern.search(old) else (
-        old.rstrip("\n") + "\n\n" + text)
+    new = (
+        pattern.sub(lambda _: text.rstrip("\n") + "\n\n", old)
+        if pattern.search(old)
+        else (old.rstrip("\n") + "\n\n" + text)
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new.rstrip("\n") + "\n")

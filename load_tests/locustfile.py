@@ -22,8 +22,9 @@ from locust import FastHttpUser, between, task
 
 SHAPE = tuple(int(d) for d in os.environ.get("SND_LOAD_SHAPE", "1,28,28").split(","))
 MODEL = os.environ.get("SND_LOAD_MODEL")
-KEYS = itertools.cycle([k for k in os.environ.get("SND_LOAD_API_KEYS", "").split(",") if k]
-                       or [None])
+KEYS = itertools.cycle(
+    [k for k in os.environ.get("SND_LOAD_API_KEYS", "").split(",") if k] or [None]
+)
 
 
 def npy(batch: int, seed: int) -> bytes:
@@ -51,8 +52,13 @@ class PredictUser(FastHttpUser):
         self.params = f"?output={self.output}" + (f"&model={MODEL}" if MODEL else "")
 
     def predict(self, body: bytes, name: str) -> None:
-        with self.client.post("/predict" + self.params, data=body, headers=self.headers,
-                              name=name, catch_response=True) as response:
+        with self.client.post(
+            "/predict" + self.params,
+            data=body,
+            headers=self.headers,
+            name=name,
+            catch_response=True,
+        ) as response:
             if response.status_code != 200:
                 response.failure(f"{response.status_code}: {response.text[:200]}")
 

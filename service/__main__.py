@@ -17,22 +17,39 @@ from service.config import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         help_text = field.description or ""
         annotation = field.annotation
-        choices = get_args(annotation) if get_origin(annotation) is not None and all(
-            isinstance(a, str) for a in get_args(annotation)) else None
+        choices = (
+            get_args(annotation)
+            if get_origin(annotation) is not None
+            and all(isinstance(a, str) for a in get_args(annotation))
+            else None
+        )
         if annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                                default=None, help=help_text)
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
-            parser.add_argument(flag, dest=name, default=None, choices=choices,
-                                help=f"{help_text} (env SND_{name.upper()})".strip())
-    parser.add_argument("--workers", type=int, default=1,
-                        help="uvicorn worker processes (use Redis to count across them)")
+            parser.add_argument(
+                flag,
+                dest=name,
+                default=None,
+                choices=choices,
+                help=f"{help_text} (env SND_{name.upper()})".strip(),
+            )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="uvicorn worker processes (use Redis to count across them)",
+    )
     return parser
 
 
@@ -52,8 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     overrides = settings_from_args(args)
     settings = Settings(**overrides)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.workers > 1:
         # workers re-create the app from the environment: pass the flags through it
         import os
@@ -62,16 +80,29 @@ def main(argv: list[str] | None = None) -> None:
             os.environ["SND_" + key.upper()] = (
                 json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
             )
-        uvicorn.run("service.app:create_app", factory=True, host=settings.host,
-                    port=settings.port, workers=args.workers, log_level=settings.log_level,
-                    timeout_graceful_shutdown=30, proxy_headers=False)
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=args.workers,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=30,
+            proxy_headers=False,
+        )
         return
     from service.app import create_app
 
     # proxy_headers=False: uvicorn would otherwise trust X-Forwarded-For from 127.0.0.1;
     # the app honours it only from the configured `trusted_proxies` (service.api.deps)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level, timeout_graceful_shutdown=30, proxy_headers=False)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+        proxy_headers=False,
+    )
 
 
 if __name__ == "__main__":

@@ -28,10 +28,16 @@ from service.defenses import Defense, NoDefense, RandomResizePad, SmallNoiseDefe
 from service.models import get_spec
 from service.models.noise import noise_sources, seed_noise
 
-MODEL_ALIASES = {"rse": "resnet20-mnist-rse", "pni": "resnet20-mnist-pni",
-                 "pgdat": "resnet20-mnist-pgdat"}
-MODEL_LABELS = {"resnet20-mnist-rse": "RSE", "resnet20-mnist-pni": "PNI",
-                "resnet20-mnist-pgdat": "PGD-AT"}
+MODEL_ALIASES = {
+    "rse": "resnet20-mnist-rse",
+    "pni": "resnet20-mnist-pni",
+    "pgdat": "resnet20-mnist-pgdat",
+}
+MODEL_LABELS = {
+    "resnet20-mnist-rse": "RSE",
+    "resnet20-mnist-pni": "PNI",
+    "resnet20-mnist-pgdat": "PGD-AT",
+}
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,9 @@ class AccuracyRow:
         return float(np.std(self.accuracies))
 
 
-def accuracy(model: torch.nn.Module, defense: Defense, data: ImageSet,
-             batch_size: int = 500) -> float:
+def accuracy(
+    model: torch.nn.Module, defense: Defense, data: ImageSet, batch_size: int = 500
+) -> float:
     correct = 0
     with torch.inference_mode():
         for i in range(0, len(data), batch_size):
@@ -59,8 +66,13 @@ def accuracy(model: torch.nn.Module, defense: Defense, data: ImageSet,
     return correct / len(data)
 
 
-def table(model: torch.nn.Module, data: ImageSet, sigmas: list[float], seeds: int,
-          beta: tuple[float, float] | None = None) -> list[AccuracyRow]:
+def table(
+    model: torch.nn.Module,
+    data: ImageSet,
+    sigmas: list[float],
+    seeds: int,
+    beta: tuple[float, float] | None = None,
+) -> list[AccuracyRow]:
     rows = [AccuracyRow("baseline", (accuracy(model, NoDefense(), data),))]
     for sigma in sigmas:
         if sigma == 0:
@@ -117,8 +129,13 @@ def parse_row(text: str) -> RowSpec:
     return RowSpec(" + ".join(names) or "Baseline", model, defense)
 
 
-def defense_rows(specs: list[RowSpec], data: ImageSet, seeds: int, default_model: str,
-                 weights: Path | None = None) -> list[AccuracyRow]:
+def defense_rows(
+    specs: list[RowSpec],
+    data: ImageSet,
+    seeds: int,
+    default_model: str,
+    weights: Path | None = None,
+) -> list[AccuracyRow]:
     """Clean accuracy of each row; rows with randomness get ``seeds`` seeded repeats."""
     models: dict[str, torch.nn.Module] = {}
     rows = []
@@ -153,8 +170,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.001, 0.01, 0.02])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--beta", type=float, nargs=2, metavar=("ALPHA", "BETA"))
-    parser.add_argument("--defenses", nargs="+", metavar="ROW",
-                        help="rows MODEL+DEFENSE, e.g. baseline snd:0.01 rp rse pgdat+snd:0.01")
+    parser.add_argument(
+        "--defenses",
+        nargs="+",
+        metavar="ROW",
+        help="rows MODEL+DEFENSE, e.g. baseline snd:0.01 rp rse pgdat+snd:0.01",
+    )
     args = parser.parse_args(argv)
     data = cifar10_local(args.cifar_dir, False) if args.cifar_dir else mnist_subset("test")
     if args.defenses:
@@ -162,8 +183,11 @@ def main(argv: list[str] | None = None) -> None:
         print(markdown(defense_rows(specs, data, args.seeds, args.model, args.weights)))
         return
     model = get_spec(args.model).build(args.weights)
-    print(markdown(table(model, data, args.sigmas, args.seeds,
-                         tuple(args.beta) if args.beta else None)))
+    print(
+        markdown(
+            table(model, data, args.sigmas, args.seeds, tuple(args.beta) if args.beta else None)
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = ModelPool.from_settings(settings)
         counter = build_counter(settings)
         if not await counter.ping():
-            log.warning("query counter unreachable at start-up: %s until it is",
-                        "answering uncounted" if settings.fail_open else "refusing with 503")
+            log.warning(
+                "query counter unreachable at start-up: %s until it is",
+                "answering uncounted" if settings.fail_open else "refusing with 503",
+            )
         app.state.runtime = Runtime(settings, pool, counter)
         try:
             yield

@@ -38,10 +38,16 @@ class _Pending:
 class DynamicBatcher:
     """Merges concurrent ``submit`` calls into forward passes of at most ``max_images``."""
 
-    def __init__(self, forward: Callable[[np.ndarray], np.ndarray], executor: Executor, *,
-                 max_images: int = 256, max_wait_s: float = 0.0,
-                 max_queue: int = 4096,
-                 on_batch: Callable[[int], object] | None = None) -> None:
+    def __init__(
+        self,
+        forward: Callable[[np.ndarray], np.ndarray],
+        executor: Executor,
+        *,
+        max_images: int = 256,
+        max_wait_s: float = 0.0,
+        max_queue: int = 4096,
+        on_batch: Callable[[int], object] | None = None,
+    ) -> None:
         self._forward = forward
         self._on_batch = on_batch
         self._executor = executor

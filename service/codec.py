@@ -144,20 +144,24 @@ def decode_npy(body: bytes) -> np.ndarray:
     if len(body) - offset != count * dtype.itemsize:
         raise bad_request(
             f".npy data has {len(body) - offset} bytes but its header's shape {shape} needs "
-            f"{count * dtype.itemsize}", "malformed_npy")
+            f"{count * dtype.itemsize}",
+            "malformed_npy",
+        )
     try:
         array = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
         array = array.reshape(shape, order="F" if fortran_order else "C")
     except ValueError:  # e.g. zero images with dimensions beyond numpy's limits
-        raise bad_request(f".npy shape {shape} is not a valid array shape",
-                          "malformed_npy") from None
+        raise bad_request(
+            f".npy shape {shape} is not a valid array shape", "malformed_npy"
+        ) from None
     return array.astype(np.float32, copy=False)
 
 
 def decode_raw(body: bytes, shape_text: str | None) -> np.ndarray:
     if not shape_text:
-        raise bad_request("raw float32 bodies need a shape (query 'shape' or header X-Shape)",
-                          "missing_shape")
+        raise bad_request(
+            "raw float32 bodies need a shape (query 'shape' or header X-Shape)", "missing_shape"
+        )
     shape = parse_shape(shape_text)
     expected = math.prod(shape) * 4
     if len(body) != expected:
@@ -176,8 +180,7 @@ def validate_images(
 ) -> np.ndarray:
     """Check rank, size, shape, finiteness and range; return a C-contiguous float32 batch."""
     if images.ndim != 4:
-        raise invalid(f"inputs must have rank 4 (N, C, H, W), got rank {images.ndim}",
-                      "bad_rank")
+        raise invalid(f"inputs must have rank 4 (N, C, H, W), got rank {images.ndim}", "bad_rank")
     n = images.shape[0]
     if n == 0:
         raise invalid("empty batch", "empty_batch")

@@ -23,7 +23,9 @@ class DefenseSettings(BaseModel):
     sigma: float = Field(0.01, ge=0.0, le=1.0, description="noise standard deviation (pixels)")
     noise: Literal["gaussian", "uniform", "laplace", "salt_pepper"] = "gaussian"
     sp_amplitude: float = Field(
-        1.0, gt=0.0, le=1.0,
+        1.0,
+        gt=0.0,
+        le=1.0,
         description="salt_pepper: impulse ±a; density p = σ²/a², so the std stays σ (σ <= a)",
     )
     rp_min_scale: float = Field(1.0, ge=1.0, description="rp: smallest resize factor")
@@ -90,18 +92,22 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = Field(0, ge=0, description="intra-op threads; 0 = all cores")
     precision: Literal["fp32", "fp16", "bf16"] = Field(
-        "fp32", description="autocast the model (fp16: CUDA only); noise stays fp32")
+        "fp32", description="autocast the model (fp16: CUDA only); noise stays fp32"
+    )
     graph: Literal["eager", "trace"] = Field(
-        "trace", description="trace and freeze deterministic fp32 networks (GIL-free forward)")
+        "trace", description="trace and freeze deterministic fp32 networks (GIL-free forward)"
+    )
     forward_chunk_images: int = Field(
-        32, ge=0, description="CPU passes run in chunks of this many images; 0 = whole batch")
+        32, ge=0, description="CPU passes run in chunks of this many images; 0 = whole batch"
+    )
     allow_download: bool = Field(False, description="let torchvision download missing weights")
     max_batch: int = Field(256, ge=1, description="most images in one request")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     batching: bool = Field(True, description="merge concurrent requests into shared passes")
     batch_max_images: int = Field(256, ge=1, description="most images in one forward pass")
     batch_wait_ms: float = Field(
-        0.0, ge=0.0, description="how long a pass waits for company; 0 = run what is queued")
+        0.0, ge=0.0, description="how long a pass waits for company; 0 = run what is queued"
+    )
     queue_max_images: int = Field(4096, ge=1, description="queued images before 503")
     request_timeout_s: float = Field(
         30.0, gt=0.0, description="longest wait for a model answer before 504 (refunded)"

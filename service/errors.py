@@ -69,9 +69,11 @@ def allowed_methods(request: Request) -> str:
     first route that matched the path (``GET /usage/{caller}`` but not its ``DELETE``)."""
     routes = request.app.router.routes
     return ", ".join(
-        method for method in HTTP_METHODS
-        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
-               for route in routes)
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
     )
 
 
@@ -89,7 +91,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed"}.get(
-            exc.status_code, "http_error")
+            exc.status_code, "http_error"
+        )
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = allowed_methods(request)

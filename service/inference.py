@@ -59,9 +59,16 @@ class ModelHost:
     graph: torch.jit.ScriptModule | None = None
 
     @classmethod
-    def load(cls, settings: ModelSettings, device: torch.device, allow_download: bool,
-             precision: str = "fp32", *, graph: str = "eager",
-             chunk_images: int = 0) -> ModelHost:
+    def load(
+        cls,
+        settings: ModelSettings,
+        device: torch.device,
+        allow_download: bool,
+        precision: str = "fp32",
+        *,
+        graph: str = "eager",
+        chunk_images: int = 0,
+    ) -> ModelHost:
         spec = get_spec(settings.zoo_name)
         network = spec.build(settings.weights, allow_download=allow_download).to(device)
         if precision == "fp16" and device.type != "cuda":
@@ -69,10 +76,25 @@ class ModelHost:
         traced = None
         if graph == "trace" and precision == "fp32" and not noise_sources(network):
             traced = trace_network(network, spec.input_shape, device)
-        log.info("loaded %s (%s) on %s behind %s%s", settings.name, spec.name, device,
-                 settings.defense.kind, " (traced)" if traced is not None else "")
-        return cls(settings.name, spec, settings, network, build_defense(settings.defense), device,
-                   precision, chunk_images if device.type == "cpu" else 0, traced)
+        log.info(
+            "loaded %s (%s) on %s behind %s%s",
+            settings.name,
+            spec.name,
+            device,
+            settings.defense.kind,
+            " (traced)" if traced is not None else "",
+        )
+        return cls(
+            settings.name,
+            spec,
+            settings,
+            network,
+            build_defense(settings.defense),
+            device,
+            precision,
+            chunk_images if device.type == "cpu" else 0,
+            traced,
+        )
 
     @property
     def output_modes(self) -> tuple[str, ...]:
@@ -102,8 +124,9 @@ class ModelHost:
             return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
 
-def trace_network(network: nn.Module, input_shape: tuple[int, ...],
-                  device: torch.device) -> torch.jit.ScriptModule | None:
+def trace_network(
+    network: nn.Module, input_shape: tuple[int, ...], device: torch.device
+) -> torch.jit.ScriptModule | None:
     """``network`` traced and frozen, or ``None`` (with a warning) if it cannot be or if it
     disagrees with eager mode on a probe batch."""
     probe = torch.rand((3, *input_shape), generator=torch.Generator().manual_seed(0)).to(device)
@@ -142,24 +165,36 @@ class ModelPool:
         torch.set_num_threads(threads)
         device = select_device(settings.device)
         hosts = {
-            m.name: ModelHost.load(m, device, settings.allow_download, settings.precision,
-                                   graph=settings.graph,
-                                   chunk_images=settings.forward_chunk_images)
+            m.name: ModelHost.load(
+                m,
+                device,
+                settings.allow_download,
+                settings.precision,
+                graph=settings.graph,
+                chunk_images=settings.forward_chunk_images,
+            )
             for m in settings.models
         }
-        return cls(hosts, settings.default_model, batching=settings.batching,
-                   batch_max_images=settings.batch_max_images,
-                   batch_wait_s=settings.batch_wait_ms / 1000,
-                   queue_max_images=settings.queue_max_images)
+        return cls(
+            hosts,
+            settings.default_model,
+            batching=settings.batching,
+            batch_max_images=settings.batch_max_images,
+            batch_wait_s=settings.batch_wait_ms / 1000,
+            queue_max_images=settings.queue_max_images,
+        )
 
     def batcher(self, host: ModelHost) -> DynamicBatcher:
         batcher = self.batchers.get(host.name)
         if batcher is None:
-            batcher = DynamicBatcher(host.forward, self.executor,
-                                     max_images=self.batch_max_images,
-                                     max_wait_s=self.batch_wait_s,
-                                     max_queue=self.queue_max_images,
-                                     on_batch=FORWARD_BATCH.labels(host.name).observe)
+            batcher = DynamicBatcher(
+                host.forward,
+                self.executor,
+                max_images=self.batch_max_images,
+                max_wait_s=self.batch_wait_s,
+                max_queue=self.queue_max_images,
+                on_batch=FORWARD_BATCH.labels(host.name).observe,
+            )
             self.batchers[host.name] = batcher
         return batcher
 

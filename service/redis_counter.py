@@ -165,12 +165,18 @@ class RedisCounter:
         """``charge`` with an explicit idempotency token: the same token counts once."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Charge] = loop.create_future()
-        self._pending.append(_PendingCharge(
-            keys=[self._usage_key(caller), self._budget_key(caller), self._callers_key,
-                  f"{self.prefix}charge:{token}"],
-            args=[caller, model, n, "" if default_budget is None else default_budget],
-            waiter=waiter,
-        ))
+        self._pending.append(
+            _PendingCharge(
+                keys=[
+                    self._usage_key(caller),
+                    self._budget_key(caller),
+                    self._callers_key,
+                    f"{self.prefix}charge:{token}",
+                ],
+                args=[caller, model, n, "" if default_budget is None else default_budget],
+                waiter=waiter,
+            )
+        )
         flusher = self._flusher
         if flusher is None or flusher.done() or flusher.get_loop() is not loop:
             # runs after the tasks already scheduled in this tick, so their charges join it
@@ -204,17 +210,21 @@ class RedisCounter:
         ACCOUNTING_CHARGES_PER_CALL.observe(len(batch))
         flat = await self._call(lambda: self._charge(keys=keys, args=args))
         if len(flat) != 3 * len(batch):
-            raise CounterUnavailable(f"charge script answered {len(flat)} values "
-                                     f"for {len(batch)} charges")
+            raise CounterUnavailable(
+                f"charge script answered {len(flat)} values for {len(batch)} charges"
+            )
         for i, pending in enumerate(batch):
-            allowed, used, budget = (int(v) for v in flat[3 * i:3 * i + 3])
+            allowed, used, budget = (int(v) for v in flat[3 * i : 3 * i + 3])
             if not pending.waiter.done():  # a waiter cancelled meanwhile is still counted
-                pending.waiter.set_result(Charge(bool(allowed), used,
-                                                 None if budget < 0 else budget))
+                pending.waiter.set_result(
+                    Charge(bool(allowed), used, None if budget < 0 else budget)
+                )
 
     async def refund(self, caller: str, model: str, n: int) -> None:
-        keys = [self._usage_key(caller),
-                f"{self.prefix}refund:{self._token_prefix}:{next(self._token_seq)}"]
+        keys = [
+            self._usage_key(caller),
+            f"{self.prefix}refund:{self._token_prefix}:{next(self._token_seq)}",
+        ]
         args: list[str | int] = [model, n, self.token_ttl_s]
         await self._call(lambda: self._refund(keys=keys, args=args))
 

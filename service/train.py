@@ -27,10 +27,16 @@ DEFENDED = ("resnet20-mnist-rse", "resnet20-mnist-pni", "resnet20-mnist-pgdat")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m service.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="resnet20-mnist",
-                        choices=["resnet20-mnist", "resnet20-cifar10", *DEFENDED])
+    parser = argparse.ArgumentParser(
+        prog="python -m service.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        default="resnet20-mnist",
+        choices=["resnet20-mnist", "resnet20-cifar10", *DEFENDED],
+    )
     parser.add_argument("--data-dir", type=Path, help="local CIFAR-10 python batches")
     parser.add_argument("--epochs", type=int, help="default: 15 (defended: their recipe)")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -60,11 +66,23 @@ def main(argv: list[str] | None = None) -> None:
         train_set = cifar10_local(args.data_dir, True)
         test_set = cifar10_local(args.data_dir, False)
         shift, flip = 4, True
-    hparams = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-               "weight_decay": args.weight_decay, "shift": shift, "flip": flip}
+    hparams = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "shift": shift,
+        "flip": flip,
+    }
     start = time.perf_counter()
-    model = train(spec, train_set, seed=args.seed, shift=shift, flip=flip,
-                  **{k: hparams[k] for k in ("epochs", "batch_size", "lr", "weight_decay")})  # type: ignore[arg-type]
+    model = train(
+        spec,
+        train_set,
+        seed=args.seed,
+        shift=shift,
+        flip=flip,
+        **{k: hparams[k] for k in ("epochs", "batch_size", "lr", "weight_decay")},
+    )  # type: ignore[arg-type]
     seconds = time.perf_counter() - start
     accuracy = evaluate(model, test_set)
     log.info("test accuracy: %.2f%% (%d images)", accuracy * 100, len(test_set))
@@ -76,8 +94,17 @@ def main(argv: list[str] | None = None) -> None:
     torch.save({"state_dict": net.state_dict(), "meta": meta}, out)
     card = args.card or Path("docs") / f"model-card-{spec.name}.md"
     card.parent.mkdir(parents=True, exist_ok=True)
-    write_card(card, spec=spec, command=command.strip(), seed=args.seed, accuracy=accuracy,
-               test_size=len(test_set), checkpoint=out, hparams=hparams, seconds=seconds)
+    write_card(
+        card,
+        spec=spec,
+        command=command.strip(),
+        seed=args.seed,
+        accuracy=accuracy,
+        test_size=len(test_set),
+        checkpoint=out,
+        hparams=hparams,
+        seconds=seconds,
+    )
     log.info("wrote %s (sha256 %s) and %s", out, sha256(out), card)
 
 

@@ -69,7 +69,10 @@ class ServiceProcess:
         self.log_path = Path(log)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service", "--workers", str(self.workers)],
-            env=self.environment(), cwd=ROOT, stdout=fd, stderr=subprocess.STDOUT,
+            env=self.environment(),
+            cwd=ROOT,
+            stdout=fd,
+            stderr=subprocess.STDOUT,
         )
         os.close(fd)
 
@@ -126,9 +129,21 @@ class RedisProcess:
         if binary is None:
             raise RuntimeError("redis-server is missing (the README's test set-up installs it)")
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for(self._ping, 20, "redis-server")
         return self

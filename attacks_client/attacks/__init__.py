@@ -56,5 +56,12 @@ def get_attack(name: str) -> type[Attack]:
     return ATTACKS[name]
 
 
-__all__ = ["ATTACKS", "Attack", "AttackOracle", "AttackRegistry", "AttackResult", "Update",
-           "get_attack"]
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "AttackOracle",
+    "AttackRegistry",
+    "AttackResult",
+    "Update",
+    "get_attack",
+]

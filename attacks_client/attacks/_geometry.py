@@ -68,9 +68,7 @@ def growing_noise_init(
     return None
 
 
-def blend_search(
-    oracle: AttackOracle, x_adv: np.ndarray, threshold: float
-) -> np.ndarray:
+def blend_search(oracle: AttackOracle, x_adv: np.ndarray, threshold: float) -> np.ndarray:
     """Bisection on the blend ``(1 - a) x0 + a x_adv`` down to ``threshold`` in ``a``.
 
     ``x_adv`` must be adversarial; the result is the adversarial end of the final interval

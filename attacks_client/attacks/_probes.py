@@ -15,8 +15,13 @@ def top_is_adversarial(probs: np.ndarray, oracle: AttackOracle) -> bool:
     return top == oracle.target if oracle.target is not None else top != oracle.label
 
 
-def probe_success(oracle: AttackOracle, x: np.ndarray, probes: np.ndarray,
-                  answers: np.ndarray, in_ball: Callable[[np.ndarray], bool]) -> bool:
+def probe_success(
+    oracle: AttackOracle,
+    x: np.ndarray,
+    probes: np.ndarray,
+    answers: np.ndarray,
+    in_ball: Callable[[np.ndarray], bool],
+) -> bool:
     """The per-step success check of Bandit-TD and Subspace without a query of its own.
 
     Their finite-difference probes lie within ``fd_eta`` of the current image ``x``, so their

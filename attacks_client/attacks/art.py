@@ -70,8 +70,13 @@ def _one_hot(label: int, classes: int) -> np.ndarray:
     return np.eye(classes, dtype=np.float32)[[int(label)]]
 
 
-def run_art_attack(attack: Any | Callable[[Any], Any], x0: np.ndarray, label: int | None,
-                   bridge: ArtBridge, **generate_kwargs: Any) -> ArtRunResult:
+def run_art_attack(
+    attack: Any | Callable[[Any], Any],
+    x0: np.ndarray,
+    label: int | None,
+    bridge: ArtBridge,
+    **generate_kwargs: Any,
+) -> ArtRunResult:
     """Run an ART evasion attack on one image ``x0`` ``(C, H, W)`` through ``bridge``.
 
     ``attack`` is an ART attack built on ``bridge.classifier`` or a factory
@@ -94,8 +99,13 @@ def run_art_attack(attack: Any | Callable[[Any], Any], x0: np.ndarray, label: in
     except BudgetExhausted as exc:
         log.info("%s stopped at the budget: %s", type(art_attack).__name__, exc)
         stop = "budget"
-    return ArtRunResult(adversarial, bridge.queries - queries, bridge.requests - requests, stop,
-                        time.perf_counter() - start)
+    return ArtRunResult(
+        adversarial,
+        bridge.queries - queries,
+        bridge.requests - requests,
+        stop,
+        time.perf_counter() - start,
+    )
 
 
 @dataclass(frozen=True)
@@ -116,10 +126,18 @@ class HsjaRun:
         return self.updates[-1][1] if self.updates else None
 
 
-def run_hsja_iterations(bridge: ArtBridge, x0: np.ndarray, label: int | None = None, *,
-                        iterations: int = 50, max_eval: int = 10000, init_eval: int = 100,
-                        init_size: int = 100, batch_size: int = 64,
-                        norm: int | float | str = 2) -> HsjaRun:
+def run_hsja_iterations(
+    bridge: ArtBridge,
+    x0: np.ndarray,
+    label: int | None = None,
+    *,
+    iterations: int = 50,
+    max_eval: int = 10000,
+    init_eval: int = 100,
+    init_size: int = 100,
+    batch_size: int = 64,
+    norm: int | float | str = 2,
+) -> HsjaRun:
     """ART's ``HopSkipJump`` (Chen, Jordan and Wainwright 2020) on ``x0``, untargeted, with a
     checkpoint after every iteration; stops after ``iterations`` or at the bridge's budget.
 
@@ -138,9 +156,16 @@ def run_hsja_iterations(bridge: ArtBridge, x0: np.ndarray, label: int | None = N
         from art.attacks.evasion import HopSkipJump
     except ImportError as exc:
         raise ImportError(INSTALL_HINT) from exc
-    attack = HopSkipJump(bridge.classifier, batch_size=batch_size, norm=norm, max_iter=1,
-                         max_eval=max_eval, init_eval=init_eval, init_size=init_size,
-                         verbose=False)
+    attack = HopSkipJump(
+        bridge.classifier,
+        batch_size=batch_size,
+        norm=norm,
+        max_iter=1,
+        max_eval=max_eval,
+        init_eval=init_eval,
+        init_size=init_size,
+        verbose=False,
+    )
     x = np.asarray(x0, dtype=np.float32)[None]
     y = None if label is None else _one_hot(label, bridge.oracle.num_classes)
     base, start = bridge.queries, time.perf_counter()
@@ -149,14 +174,12 @@ def run_hsja_iterations(bridge: ArtBridge, x0: np.ndarray, label: int | None = N
     try:
         for _ in range(iterations):
             if updates:
-                out = attack.generate(x, y=y, x_adv_init=updates[-1][1][None].copy(),
-                                      resume=True)
+                out = attack.generate(x, y=y, x_adv_init=updates[-1][1][None].copy(), resume=True)
             else:
                 out = attack.generate(x, y=y)
             candidate = np.asarray(out, dtype=np.float32)[0]
             if np.array_equal(candidate, x[0]):
-                log.info("HopSkipJump found no adversarial start after %d iterations",
-                         len(updates))
+                log.info("HopSkipJump found no adversarial start after %d iterations", len(updates))
                 stop = "no_start"
                 break
             updates.append((bridge.queries - base, candidate))

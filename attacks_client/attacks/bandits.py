@@ -134,7 +134,6 @@ class BanditTD(Attack):
         xent = np.log1p((p.sum(1) - p[:, cls]) / p_cls)
         return -xent if oracle.target is not None else xent
 
-
     def _project(self, x0: np.ndarray, x: np.ndarray) -> np.ndarray:
         """The reference's ``l2_proj`` then ``clamp(0, 1)``."""
         delta = x - x0
@@ -159,8 +158,9 @@ class BanditTD(Attack):
             noise = self.exploration * rng.standard_normal(prior.shape) / np.sqrt(dim)
             q1 = upsample_nearest(prior + noise, size)
             q2 = upsample_nearest(prior - noise, size)
-            probes = np.clip(np.stack([x + self.fd_eta * q1 / _l2(q1),
-                                       x + self.fd_eta * q2 / _l2(q2)]), 0.0, 1.0)
+            probes = np.clip(
+                np.stack([x + self.fd_eta * q1 / _l2(q1), x + self.fd_eta * q2 / _l2(q2)]), 0.0, 1.0
+            )
             answers = oracle.scores(probes.astype(np.float32))
             if probe_success(oracle, x, probes, answers, lambda p: self._in_ball(x0, p)):
                 return

@@ -130,8 +130,7 @@ class HopSkipJump(Attack):
         num_evals = min(int(self.init_num_evals * math.sqrt(iteration + 1)), self.max_num_evals)
         return max(min(num_evals, oracle.remaining - reserve), 1)
 
-    def _run_art(self, oracle: AttackOracle, rng: np.random.Generator,
-                 current: np.ndarray) -> None:
+    def _run_art(self, oracle: AttackOracle, rng: np.random.Generator, current: np.ndarray) -> None:
         """ART's ``_attack``: delta, bisection, gradient, step; the stepped point is the
         candidate."""
         x0, d = oracle.x0, oracle.x0.size
@@ -140,15 +139,17 @@ class HopSkipJump(Attack):
         for t in range(self.max_iter):
             delta = probe_radius(t, d, theta, l2(current, x0))
             boundary = blend_search(oracle, current, theta)
-            update = self._gradient(oracle, rng, boundary, self._num_evals(oracle, t, reserve),
-                                    delta)
+            update = self._gradient(
+                oracle, rng, boundary, self._num_evals(oracle, t, reserve), delta
+            )
             step = self._step_size(oracle, boundary, update, l2(boundary, x0) / math.sqrt(t + 1))
             current = clip01(boundary + step * update)
             oracle.report(current)
             log.debug("hsja iter %d: l2 %.4f, %d queries", t, l2(current, x0), oracle.queries)
 
-    def _run_authors(self, oracle: AttackOracle, rng: np.random.Generator,
-                     perturbed: np.ndarray) -> None:
+    def _run_authors(
+        self, oracle: AttackOracle, rng: np.random.Generator, perturbed: np.ndarray
+    ) -> None:
         """Jianbo-Lab's loop: gradient at the boundary point, step, bisection; the bisected
         point is the candidate."""
         x0, d = oracle.x0, oracle.x0.size
@@ -159,8 +160,9 @@ class HopSkipJump(Attack):
         dist = dist_post_update = l2(perturbed, x0)
         for t in range(1, self.max_iter + 1):
             delta = probe_radius(t - 1, d, theta, dist_post_update)
-            update = self._gradient(oracle, rng, perturbed,
-                                    self._num_evals(oracle, t - 1, reserve), delta)
+            update = self._gradient(
+                oracle, rng, perturbed, self._num_evals(oracle, t - 1, reserve), delta
+            )
             step = self._step_size(oracle, perturbed, update, dist / math.sqrt(t))
             stepped = clip01(perturbed + step * update)
             dist_post_update = l2(stepped, x0)
@@ -194,8 +196,9 @@ class HopSkipJump(Attack):
         return unit(grad)
 
     @staticmethod
-    def _step_size(oracle: AttackOracle, x: np.ndarray, update: np.ndarray,
-                   epsilon: float) -> float:
+    def _step_size(
+        oracle: AttackOracle, x: np.ndarray, update: np.ndarray, epsilon: float
+    ) -> float:
         """Geometric progression from ``epsilon``, halved until the step stays adversarial."""
         for _ in range(MAX_HALVINGS):
             if oracle.is_adversarial(clip01(x + epsilon * update))[0]:

@@ -72,12 +72,12 @@ def parse_params(cls: type[Attack], pairs: Sequence[str]) -> dict[str, Any]:
         if not sep:
             raise ValueError(f"--param {pair!r}: expected KEY=VALUE")
         if key not in signature:
-            raise ValueError(f"--param {key!r}: {cls.name} has no such hyperparameter; "
-                             f"it takes {', '.join(signature)}")
+            raise ValueError(
+                f"--param {key!r}: {cls.name} has no such hyperparameter; "
+                f"it takes {', '.join(signature)}"
+            )
         try:
             params[key] = coerce(value.strip(), signature[key][0])
         except ValueError as exc:
             raise ValueError(f"--param {pair!r}: {exc}") from None
     return params
-
-

@@ -93,8 +93,9 @@ class SignOPT(Attack):
                 lo *= 0.99
         return self._bisect(oracle, theta, lo, hi, tol)
 
-    def _bisect(self, oracle: AttackOracle, theta: np.ndarray, lo: float, hi: float,
-                tol: float) -> float:
+    def _bisect(
+        self, oracle: AttackOracle, theta: np.ndarray, lo: float, hi: float, tol: float
+    ) -> float:
         """Bisect the boundary distance along ``theta`` between a clean ``lo`` and an
         adversarial ``hi`` to ``tol``; returns the adversarial end."""
         while hi - lo > tol:
@@ -106,7 +107,11 @@ class SignOPT(Attack):
         return hi
 
     def _sign_grad(
-        self, oracle: AttackOracle, rng: np.random.Generator, theta: np.ndarray, lbd: float,
+        self,
+        oracle: AttackOracle,
+        rng: np.random.Generator,
+        theta: np.ndarray,
+        lbd: float,
         beta: float,
     ) -> np.ndarray:
         """Sign-OPT's estimate: mean over k unit Gaussians u of ``s(u) * u`` where ``s = -1`` if

@@ -47,17 +47,22 @@ def block_order(
     band and across channels. Valid only when ``(image_size - initial_size) % stride == 0``.
     """
     if not 1 <= initial_size <= image_size or stride < 1:
-        raise ValueError(f"need 1 <= initial_size <= image_size and stride >= 1, "
-                         f"got initial_size={initial_size}, stride={stride}")
+        raise ValueError(
+            f"need 1 <= initial_size <= image_size and stride >= 1, "
+            f"got initial_size={initial_size}, stride={stride}"
+        )
     if (image_size - initial_size) % stride:
-        raise ValueError(f"the block order of a {image_size}-pixel image needs (image_size - "
-                         f"freq_dims) divisible by stride; got freq_dims={initial_size}, "
-                         f"stride={stride}")
+        raise ValueError(
+            f"the block order of a {image_size}-pixel image needs (image_size - "
+            f"freq_dims) divisible by stride; got freq_dims={initial_size}, "
+            f"stride={stride}"
+        )
     rng = rng if rng is not None else np.random.default_rng()
     order = np.zeros((channels, image_size, image_size), np.int64)
     total = channels * initial_size * initial_size
     order[:, :initial_size, :initial_size] = rng.permutation(total).reshape(
-        channels, initial_size, initial_size)
+        channels, initial_size, initial_size
+    )
     for i in range(initial_size, image_size, stride):
         count = channels * (2 * stride * i + stride * stride)
         perm = rng.permutation(count) + total
@@ -186,8 +191,10 @@ class SimBADCT(SimBA):
     def block_params(self, image_size: int) -> tuple[int, int]:
         """``(freq_dims, stride)`` used for an image of side ``image_size``."""
         freq_dims, stride = scaled_block_params(image_size)
-        return (freq_dims if self.freq_dims is None else self.freq_dims,
-                stride if self.stride is None else self.stride)
+        return (
+            freq_dims if self.freq_dims is None else self.freq_dims,
+            stride if self.stride is None else self.stride,
+        )
 
     def _order(self, shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
         channels, height, width = shape
@@ -198,8 +205,9 @@ class SimBADCT(SimBA):
             return block_order(height, channels, freq_dims, stride, rng)
         if not 1 <= freq_dims <= height:
             raise ValueError(f"freq_dims must lie in [1, {height}], got {freq_dims}")
-        c, i, j = np.unravel_index(rng.permutation(channels * freq_dims**2),
-                                   (channels, freq_dims, freq_dims))
+        c, i, j = np.unravel_index(
+            rng.permutation(channels * freq_dims**2), (channels, freq_dims, freq_dims)
+        )
         return np.asarray(np.ravel_multi_index((c, i, j), shape))
 
     def _to_image(self, coefficients: np.ndarray) -> np.ndarray:

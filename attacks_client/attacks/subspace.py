@@ -148,22 +148,27 @@ class SubspaceAttack(Attack):
             return self.image_lr
         return self.epsilon / 8 if self.norm == "l2" else 1 / 255
 
-    def references(self, input_shape: tuple[int, int, int],
-                   num_classes: int) -> list[tuple[str, torch.nn.Module]]:
+    def references(
+        self, input_shape: tuple[int, int, int], num_classes: int
+    ) -> list[tuple[str, torch.nn.Module]]:
         """The reference models that fit (loaded once per shape); :class:`NoReferenceModel`."""
         key = (tuple(input_shape), num_classes)
         if key not in self._models:
             from attacks_client.attacks.surrogates import WEIGHTS_DIR, load_fitting
 
             directory = Path(self.weights_dir) if self.weights_dir else WEIGHTS_DIR
-            names = [n.strip() for n in self.reference_models.split(",")] \
-                if self.reference_models else None
+            names = (
+                [n.strip() for n in self.reference_models.split(",")]
+                if self.reference_models
+                else None
+            )
             models = load_fitting(input_shape, num_classes, directory, names)
             if not models:
                 raise NoReferenceModel(
                     f"no Subspace Attack reference model in {directory} takes input shape "
                     f"{tuple(input_shape)} with {num_classes} classes; train some on your own "
-                    f"proxy data with `python -m attacks_client.attacks.surrogates`")
+                    f"proxy data with `python -m attacks_client.attacks.surrogates`"
+                )
             self._models[key] = [(name, m.requires_grad_(False)) for name, m in models]
         return self._models[key]
 
@@ -204,8 +209,14 @@ class SubspaceAttack(Attack):
         grad[cls] -= sign
         return grad
 
-    def _direction(self, model: torch.nn.Module, x: np.ndarray, logit_grad: np.ndarray,
-                   drop: float, generator: torch.Generator) -> np.ndarray:
+    def _direction(
+        self,
+        model: torch.nn.Module,
+        x: np.ndarray,
+        logit_grad: np.ndarray,
+        drop: float,
+        generator: torch.Generator,
+    ) -> np.ndarray:
         """The reference's ``calc_ref_grad``: the victim's logit gradient back-propagated
         through the reference model (with dropout ``drop``), L2-normalized."""
         model.drop = drop  # type: ignore[assignment]
@@ -250,14 +261,18 @@ class SubspaceAttack(Attack):
         step = 0
         while True:
             _, model = models[int(rng.integers(len(models)))]
-            direction = self._direction(model, x, self._logit_grad(logits, oracle),
-                                        self.drop_at(step), generator)
+            direction = self._direction(
+                model, x, self._logit_grad(logits, oracle), self.drop_at(step), generator
+            )
             direction = direction / _norm(direction)
             # finite differences along the reference direction (2 queries)
             q1 = prior + self.exploration * direction
             q2 = prior - self.exploration * direction
-            probes = np.clip(np.stack([x + self.fd_eta * q1 / _norm(q1),
-                                       x + self.fd_eta * q2 / _norm(q2)]), 0.0, 1.0)
+            probes = np.clip(
+                np.stack([x + self.fd_eta * q1 / _norm(q1), x + self.fd_eta * q2 / _norm(q2)]),
+                0.0,
+                1.0,
+            )
             answers = oracle.scores(probes.astype(np.float32))
             if probe_success(oracle, x, probes, answers, lambda p: self._in_ball(x0, p)):
                 return
@@ -281,7 +296,6 @@ class SubspaceAttack(Attack):
         delta = x - x0
         size = _norm(delta) if self.norm == "l2" else float(np.abs(delta).max())
         return size <= self.epsilon * (1 + 1e-6)
-
 
 
 __all__ = ["NoReferenceModel", "SubspaceAttack"]

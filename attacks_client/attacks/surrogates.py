@@ -54,8 +54,13 @@ class ReferenceModel(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, mean: Sequence[float],
-                 std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
         super().__init__()
         self.input_shape = tuple(int(v) for v in input_shape)
         self.num_classes = num_classes
@@ -79,8 +84,13 @@ class ReferenceModel(nn.Module):
 class SmallCNN(ReferenceModel):
     arch = "cnn"
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, mean: Sequence[float],
-                 std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
         super().__init__(input_shape, num_classes, mean, std)
         channels, height, width = self.input_shape
         self.convs = nn.ModuleList()
@@ -109,8 +119,9 @@ class _Block(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride,
-                                                    bias=False), nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dropout = self._owner[0].dropout
@@ -121,13 +132,19 @@ class _Block(nn.Module):
 class ResNet8(ReferenceModel):
     arch = "resnet8"
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, mean: Sequence[float],
-                 std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
         super().__init__(input_shape, num_classes, mean, std)
         self.conv1 = nn.Conv2d(self.input_shape[0], 16, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
-        self.blocks = nn.Sequential(_Block(self, 16, 16, 1), _Block(self, 16, 32, 2),
-                                    _Block(self, 32, 64, 2))
+        self.blocks = nn.Sequential(
+            _Block(self, 16, 16, 1), _Block(self, 16, 32, 2), _Block(self, 32, 64, 2)
+        )
         self.fc = nn.Linear(64, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,8 +153,13 @@ class ResNet8(ReferenceModel):
         return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
 
 
-def build(arch: str, input_shape: Sequence[int], num_classes: int,
-          mean: Sequence[float], std: Sequence[float]) -> ReferenceModel:
+def build(
+    arch: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> ReferenceModel:
     """A fresh (untrained) reference model."""
     classes: dict[str, type[ReferenceModel]] = {"cnn": SmallCNN, "resnet8": ResNet8}
     if arch not in classes:
@@ -168,15 +190,23 @@ def load(path: str | Path) -> tuple[ReferenceModel, tuple[int, int, int]]:
     """A reference model (eval mode, no dropout) and its input shape, ``weights_only=True``."""
     checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
     shape = tuple(int(v) for v in checkpoint["input_shape"])
-    model = build(checkpoint["arch"], shape, int(checkpoint["num_classes"]),
-                  checkpoint["mean"], checkpoint["std"])
+    model = build(
+        checkpoint["arch"],
+        shape,
+        int(checkpoint["num_classes"]),
+        checkpoint["mean"],
+        checkpoint["std"],
+    )
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), (shape[0], shape[1], shape[2])
 
 
-def load_fitting(input_shape: Sequence[int], num_classes: int,
-                 directory: str | Path | None = None,
-                 names: Sequence[str] | None = None) -> list[tuple[str, ReferenceModel]]:
+def load_fitting(
+    input_shape: Sequence[int],
+    num_classes: int,
+    directory: str | Path | None = None,
+    names: Sequence[str] | None = None,
+) -> list[tuple[str, ReferenceModel]]:
     """All reference models in ``directory`` (default: the packaged weights) that take
     ``input_shape`` and answer ``num_classes`` classes; ``names`` (file stems) selects some."""
     directory = Path(directory) if directory is not None else WEIGHTS_DIR
@@ -208,14 +238,25 @@ def _shift(batch: torch.Tensor, rng: np.random.Generator, pixels: int) -> torch.
 def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(torch.from_numpy(images[i : i + 500]))
-                            for i in range(0, len(images), 500)])
+        logits = torch.cat(
+            [model(torch.from_numpy(images[i : i + 500])) for i in range(0, len(images), 500)]
+        )
     return float((logits.argmax(1).numpy() == labels).mean())
 
 
-def train(arch: str, images: np.ndarray, labels: np.ndarray, *, seed: int = 0,
-          epochs: int = 30, batch_size: int = 64, lr: float = 2e-3, drop: float = 0.1,
-          shift: int = 2, progress: bool = True) -> ReferenceModel:
+def train(
+    arch: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    seed: int = 0,
+    epochs: int = 30,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    drop: float = 0.1,
+    shift: int = 2,
+    progress: bool = True,
+) -> ReferenceModel:
     """Train one reference model on ``images`` (N, C, H, W) in [0, 1] (Adam, cosine schedule,
     random shifts, dropout ``drop``)."""
     from tqdm import tqdm
@@ -252,16 +293,24 @@ def train(arch: str, images: np.ndarray, labels: np.ndarray, *, seed: int = 0,
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m attacks_client.attacks.surrogates",
-        description="Train the Subspace Attack's reference models on the attacker-proxy split.")
+        description="Train the Subspace Attack's reference models on the attacker-proxy split.",
+    )
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output directory")
     parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--data", default="embedded",
-                        help="'embedded' (MNIST attacker-proxy split) or an .npz of proxy images")
+    parser.add_argument(
+        "--data",
+        default="embedded",
+        help="'embedded' (MNIST attacker-proxy split) or an .npz of proxy images",
+    )
     parser.add_argument("--prefix", default="mnist", help="file name prefix (PREFIX-ARCH.pt)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: bit-for-bit reproducible checkpoints)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: bit-for-bit reproducible checkpoints)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -276,13 +325,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         seconds = time.perf_counter() - start
         acc = accuracy(model, test.images, test.labels) if test is not None else float("nan")
         path = args.out / f"{args.prefix}-{arch}.pt"
-        meta = {"data": args.data, "train_images": len(proxy), "seed": args.seed,
-                "epochs": args.epochs, "test_accuracy": acc, "threads": args.threads,
-                "torch": str(torch.__version__)}
+        meta = {
+            "data": args.data,
+            "train_images": len(proxy),
+            "seed": args.seed,
+            "epochs": args.epochs,
+            "test_accuracy": acc,
+            "threads": args.threads,
+            "torch": str(torch.__version__),
+        }
         digest = save(model, path, meta)
         params = sum(p.numel() for p in model.parameters())
-        log.info("%s: %d parameters, test accuracy %.2f%%, %.1f KB, %.0f s, sha256 %s",
-                 path, params, 100 * acc, path.stat().st_size / 1024, seconds, digest)
+        log.info(
+            "%s: %d parameters, test accuracy %.2f%%, %.1f KB, %.0f s, sha256 %s",
+            path,
+            params,
+            100 * acc,
+            path.stat().st_size / 1024,
+            seconds,
+            digest,
+        )
     return 0
 
 

@@ -5,5 +5,4 @@
 from attacks_client.cli.common import CliError, Command
 from attacks_client.cli.parser import COMMANDS, build_parser, entry, main, register_command
 
-__all__ = ["COMMANDS", "CliError", "Command", "build_parser", "entry", "main",
-           "register_command"]
+__all__ = ["COMMANDS", "CliError", "Command", "build_parser", "entry", "main", "register_command"]

@@ -47,27 +47,60 @@ def _checkpoints(text: str) -> list[int]:
 def configure_attack(parser: argparse.ArgumentParser) -> None:
     add_endpoint_arguments(parser)
     run = parser.add_argument_group("run")
-    run.add_argument("--images", type=int, default=10,
-                     help="correctly classified test images to attack")
-    run.add_argument("--data", default="embedded",
-                     help="'embedded' (MNIST test split), a CIFAR-10 batch dir, or a .npz file")
+    run.add_argument(
+        "--images", type=int, default=10, help="correctly classified test images to attack"
+    )
+    run.add_argument(
+        "--data",
+        default="embedded",
+        help="'embedded' (MNIST test split), a CIFAR-10 batch dir, or a .npz file",
+    )
     run.add_argument("--seed", type=int, default=0, help="image sampling and attack seed")
     run.add_argument("--budget", type=int, default=10_000, help="queries per image")
-    run.add_argument("--epsilon", type=float, nargs="+", default=[1.0],
-                     help="L2 thresholds for success (several allowed)")
-    run.add_argument("--checkpoints", type=_checkpoints, default=[1000, 2000, 5000, 10000],
-                     help="query counts to score at, comma-separated (clipped to the budget)")
-    run.add_argument("--eval-draws", type=int, default=10,
-                     help="evaluator draws per candidate; success needs a majority")
-    run.add_argument("--repeat", type=int, default=1,
-                     help="adaptive attack: majority/mean of T real queries per logical query")
-    run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                     help="attack hyperparameter (repeatable), typed by the attack's signature")
-    run.add_argument("--show-params", action="store_true",
-                     help="print the attack's hyperparameters and defaults, then exit")
+    run.add_argument(
+        "--epsilon",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="L2 thresholds for success (several allowed)",
+    )
+    run.add_argument(
+        "--checkpoints",
+        type=_checkpoints,
+        default=[1000, 2000, 5000, 10000],
+        help="query counts to score at, comma-separated (clipped to the budget)",
+    )
+    run.add_argument(
+        "--eval-draws",
+        type=int,
+        default=10,
+        help="evaluator draws per candidate; success needs a majority",
+    )
+    run.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="adaptive attack: majority/mean of T real queries per logical query",
+    )
+    run.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="attack hyperparameter (repeatable), typed by the attack's signature",
+    )
+    run.add_argument(
+        "--show-params",
+        action="store_true",
+        help="print the attack's hyperparameters and defaults, then exit",
+    )
     run.add_argument("--output", default=None, help="JSONL file, one record per image")
-    run.add_argument("--trajectory-stride", type=int, default=10,
-                     help="keep every k-th query's L2 in the record (1 = all)")
+    run.add_argument(
+        "--trajectory-stride",
+        type=int,
+        default=10,
+        help="keep every k-th query's L2 in the record (1 = all)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -87,8 +120,9 @@ def run_attack_command(name: str, args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         raise CliError(str(exc)) from None
     if min(args.budget, args.images, args.eval_draws, args.repeat, args.trajectory_stride) < 1:
-        raise CliError("--budget, --images, --eval-draws, --repeat and --trajectory-stride "
-                       "must be positive")
+        raise CliError(
+            "--budget, --images, --eval-draws, --repeat and --trajectory-stride must be positive"
+        )
     data = load_images(args.data)
     return _run(attack, data, args)
 
@@ -96,21 +130,34 @@ def run_attack_command(name: str, args: argparse.Namespace) -> int:
 def _run(attack: Attack, data: ImageSet, args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     output: Literal["label", "scores"] = "scores" if attack.needs_scores else "label"
-    http = HttpOracle(args.url, args.model, api_key=args.api_key, output=output,
-                      timeout=args.timeout)
-    evaluator = HttpOracle(args.url, http.model, api_key=args.eval_api_key or args.api_key,
-                           output="label", timeout=args.timeout)
+    http = HttpOracle(
+        args.url, args.model, api_key=args.api_key, output=output, timeout=args.timeout
+    )
+    evaluator = HttpOracle(
+        args.url,
+        http.model,
+        api_key=args.eval_api_key or args.api_key,
+        output="label",
+        timeout=args.timeout,
+    )
     oracle: Oracle = RepeatOracle(http, args.repeat) if args.repeat > 1 else http
     if tuple(data.images.shape[1:]) != http.input_shape:
         raise FileNotFoundError(
             f"images of shape {tuple(data.images.shape[1:])} do not fit model {http.model!r} "
-            f"{http.input_shape}; pass --data with matching images")
+            f"{http.input_shape}; pass --data with matching images"
+        )
     samples = select_images(data, args.images, args.seed, evaluator, args.eval_draws)
     if len(samples) < args.images:
         console.print(f"only {len(samples)} correctly classified images available")
     checkpoints = checkpoints_for(args.checkpoints, args.budget)
-    common = {"model": http.model, "url": http.url, "defense": http.defense,
-              "repeat": args.repeat, "eval_draws": args.eval_draws, "seed": args.seed}
+    common = {
+        "model": http.model,
+        "url": http.url,
+        "defense": http.defense,
+        "repeat": args.repeat,
+        "eval_draws": args.eval_draws,
+        "seed": args.seed,
+    }
     stack = contextlib.ExitStack()
     stack.callback(http.close)
     stack.callback(evaluator.close)
@@ -120,8 +167,12 @@ def _run(attack: Attack, data: ImageSet, args: argparse.Namespace) -> int:
         out = stack.enter_context(Path(args.output).open("w"))  # noqa: SIM115
 
     records: list[dict[str, Any]] = []
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[status]}")]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+    ]
     start = time.perf_counter()
     with stack, Progress(*columns, console=console, disable=args.quiet) as progress:
         images_task = progress.add_task(attack.name, total=len(samples), status="")
@@ -132,27 +183,47 @@ def _run(attack: Attack, data: ImageSet, args: argparse.Namespace) -> int:
 
         for sample in samples:
             progress.reset(query_task, total=args.budget, status="")
-            result = attack(oracle, sample.image, sample.label, args.budget,
-                            seed=image_seed(args.seed, sample.index), progress=report)
-            record = score_result(result, sample, evaluator, checkpoints, args.epsilon,
-                                  args.eval_draws, stride=args.trajectory_stride,
-                                  extra=common)
+            result = attack(
+                oracle,
+                sample.image,
+                sample.label,
+                args.budget,
+                seed=image_seed(args.seed, sample.index),
+                progress=report,
+            )
+            record = score_result(
+                result,
+                sample,
+                evaluator,
+                checkpoints,
+                args.epsilon,
+                args.eval_draws,
+                stride=args.trajectory_stride,
+                extra=common,
+            )
             records.append(record)
             if out is not None:
                 out.write(json.dumps(record) + "\n")
                 out.flush()
             progress.advance(images_task)
-            trajectory = " ".join(f"{q}:{'-' if v is None else f'{v:.3f}'}"
-                                  for q, v in zip(checkpoints, record["l2"], strict=True))
+            trajectory = " ".join(
+                f"{q}:{'-' if v is None else f'{v:.3f}'}"
+                for q, v in zip(checkpoints, record["l2"], strict=True)
+            )
             progress.console.print(
                 f"image {sample.index} (label {sample.label}): {result.queries} queries, "
-                f"{result.stop_reason}; L2 at {trajectory}", highlight=False, soft_wrap=True)
+                f"{result.stop_reason}; L2 at {trajectory}",
+                highlight=False,
+                soft_wrap=True,
+            )
     elapsed = time.perf_counter() - start
     attack_time = sum(r["wall_time"] for r in records)
     total_queries = sum(r["queries"] for r in records)
 
-    table = Table(title=f"{attack.name} on {http.model} ({len(records)} images, "
-                        f"defense {http.defense.get('kind', '?')})")
+    table = Table(
+        title=f"{attack.name} on {http.model} ({len(records)} images, "
+        f"defense {http.defense.get('kind', '?')})"
+    )
     table.add_column("queries", justify="right")
     for eps in args.epsilon:
         table.add_column(f"success ε={eps:g}", justify="right")
@@ -162,14 +233,17 @@ def _run(attack: Attack, data: ImageSet, args: argparse.Namespace) -> int:
         table.add_row(
             str(row["queries"]),
             *[f"{100 * row['success'][f'{e:g}']:.1f}%" for e in args.epsilon],
-            f"{row['median_l2']:.3f}", f"{row['mean_l2']:.3f} ({row['found']})",
+            f"{row['median_l2']:.3f}",
+            f"{row['mean_l2']:.3f} ({row['found']})",
             f"{row['mean_query_l2']:.3f}",
         )
     Console().print(table)
     rate = total_queries / attack_time if attack_time > 0 else 0.0
-    Console().print(f"{total_queries} attack queries in {attack_time:.1f}s "
-                    f"({rate:.0f} queries/s); {elapsed:.1f}s in all"
-                    + (f"; records in {args.output}" if args.output else ""))
+    Console().print(
+        f"{total_queries} attack queries in {attack_time:.1f}s "
+        f"({rate:.0f} queries/s); {elapsed:.1f}s in all"
+        + (f"; records in {args.output}" if args.output else "")
+    )
     return 0
 
 
@@ -178,7 +252,10 @@ def _handler(name: str) -> Callable[[argparse.Namespace], int]:
 
 
 ATTACK_COMMANDS: dict[str, Command] = {
-    name: Command(help=f"run the {name} attack against an endpoint", configure=configure_attack,
-                  handler=_handler(name))
+    name: Command(
+        help=f"run the {name} attack against an endpoint",
+        configure=configure_attack,
+        handler=_handler(name),
+    )
     for name in ATTACKS
 }

@@ -40,8 +40,9 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--url", default="http://127.0.0.1:8000", help="service base URL")
     group.add_argument("--model", default=None, help="model name (default: the server's)")
     group.add_argument("--api-key", default=None, help="attacker's X-API-Key")
-    group.add_argument("--eval-api-key", default=None,
-                       help="evaluator's X-API-Key (default: the attacker's key)")
+    group.add_argument(
+        "--eval-api-key", default=None, help="evaluator's X-API-Key (default: the attacker's key)"
+    )
     group.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout, seconds")
 
 

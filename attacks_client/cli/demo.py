@@ -22,11 +22,20 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     exit_on_sigterm()
-    demo(images=args.images, budget=args.budget, sigma=args.sigma, epsilon=args.epsilon,
-         out_dir=args.out, workers=args.workers, console=OUT)
+    demo(
+        images=args.images,
+        budget=args.budget,
+        sigma=args.sigma,
+        epsilon=args.epsilon,
+        out_dir=args.out,
+        workers=args.workers,
+        console=OUT,
+    )
     return 0
 
 
 COMMAND = Command(
     help="attack an undefended and an SND-defended service side by side (starts both)",
-    configure=configure_demo, handler=run_demo)
+    configure=configure_demo,
+    handler=run_demo,
+)

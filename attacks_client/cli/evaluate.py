@@ -35,4 +35,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 COMMAND = Command(
     help="run an experiment grid (attacks x endpoints x images) into JSONL, resumable",
-    configure=configure_evaluate, handler=run_evaluate)
+    configure=configure_evaluate,
+    handler=run_evaluate,
+)

@@ -1,5 +1,5 @@
 """``python -m attacks_client``: one sub-command per attack, plus ``evaluate``, ``rejudge``,
-``report`` and ``demo``.
+``report``, ``demo`` and ``calibrate``.
 
 ``python -m attacks_client hsja --url http://127.0.0.1:8000 --images 10 --budget 5000
 --epsilon 1.0 2.0 --output runs/hsja.jsonl`` attacks N correctly classified test images (see
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from attacks_client.cli import demo, evaluate, rejudge, report
+from attacks_client.cli import calibrate, demo, evaluate, rejudge, report
 from attacks_client.cli.attack import ATTACK_COMMANDS
 from attacks_client.cli.common import ERR, CliError, Command
 from attacks_client.oracles import OracleError, ScoresUnavailable
@@ -28,6 +28,7 @@ COMMANDS: dict[str, Command] = {
     "rejudge": rejudge.COMMAND,
     "report": report.COMMAND,
     "demo": demo.COMMAND,
+    "calibrate": calibrate.COMMAND,
 }
 
 
@@ -44,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
-        child = sub.add_parser(name, help=command.help,
-                               description=command.description or command.help)
+        child = sub.add_parser(
+            name, help=command.help, description=command.description or command.help
+        )
         command.configure(child)
     return parser
 

@@ -12,8 +12,12 @@ from attacks_client.evaluation import CandidatesDropped, RunInProgress, rejudge,
 
 
 def configure_rejudge(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, required=True,
-                        help="the experiments/<name>.toml the run was made with")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="the experiments/<name>.toml the run was made with",
+    )
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<name>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -34,4 +38,6 @@ def run_rejudge(args: argparse.Namespace) -> int:
 
 COMMAND = Command(
     help="judge a run's candidates on the noise-free reference model too (a second verdict)",
-    configure=configure_rejudge, handler=run_rejudge)
+    configure=configure_rejudge,
+    handler=run_rejudge,
+)

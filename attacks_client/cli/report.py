@@ -1,5 +1,4 @@
-"""``python -m attacks_client report runs/<name>``: the paper-shaped tables and plots of a run.
-"""
+"""``python -m attacks_client report runs/<name>``: the paper-shaped tables and plots of a run."""
 
 from __future__ import annotations
 
@@ -23,4 +22,6 @@ def run_report(args: argparse.Namespace) -> int:
 
 COMMAND = Command(
     help="paper-shaped tables (Markdown, CSV) and plots of an evaluation run",
-    configure=configure_report, handler=run_report)
+    configure=configure_report,
+    handler=run_report,
+)

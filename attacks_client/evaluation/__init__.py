@@ -14,5 +14,15 @@ from attacks_client.evaluation.report import report
 from attacks_client.evaluation.resume import ResumeMismatch, RunInProgress
 from attacks_client.evaluation.runs import Run
 
-__all__ = ["AttackConfig", "CandidatesDropped", "EndpointConfig", "Experiment", "ResumeMismatch",
-           "Run", "RunInProgress", "evaluate", "rejudge", "report"]
+__all__ = [
+    "AttackConfig",
+    "CandidatesDropped",
+    "EndpointConfig",
+    "Experiment",
+    "ResumeMismatch",
+    "Run",
+    "RunInProgress",
+    "evaluate",
+    "rejudge",
+    "report",
+]

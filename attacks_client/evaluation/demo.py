@@ -30,8 +30,14 @@ def demo_experiment(images: int, budget: int, sigma: float, epsilon: float) -> E
             EndpointConfig(name=f"snd-{sigma}", serve={"defense": "snd", "sigma": sigma}),
         ),
         attacks=tuple(AttackConfig(name=a) for a in DEMO_ATTACKS),
-        images=images, budget=budget, checkpoints=checkpoints, epsilons=(epsilon,),
-        primary_epsilon=epsilon, accuracy_repeats=1, accuracy_images=500, pmis_samples=100,
+        images=images,
+        budget=budget,
+        checkpoints=checkpoints,
+        epsilons=(epsilon,),
+        primary_epsilon=epsilon,
+        accuracy_repeats=1,
+        accuracy_images=500,
+        pmis_samples=100,
     )
 
 
@@ -49,8 +55,10 @@ def summary_table(run: Run, epsilon: float) -> Table:
         cells = [endpoint, f"{accuracy.get(endpoint, float('nan')) * 100:.1f}%"]
         for attack in DEMO_ATTACKS:
             records = run.select(attack, endpoint)
-            cells += [f"{success_rate(records, q, epsilon) * 100:.0f}%",
-                      f"{median_l2(records, q):.2f}"]
+            cells += [
+                f"{success_rate(records, q, epsilon) * 100:.0f}%",
+                f"{median_l2(records, q):.2f}",
+            ]
         table.add_row(*cells)
     return table
 
@@ -64,9 +72,11 @@ def reading(run: Run, epsilon: float) -> str:
         a = success_rate(run.select(attack, plain), q, epsilon) * 100
         b = success_rate(run.select(attack, defended), q, epsilon) * 100
         verb = "cut" if b < a else ("left" if b == a else "raised")
-        parts.append(f"{attack} succeeded on {a:.0f}% of the images without a defense and on "
-                     f"{b:.0f}% behind {defended} (SND {verb} it"
-                     + (f" by {a - b:.0f} points)" if b < a else ")"))
+        parts.append(
+            f"{attack} succeeded on {a:.0f}% of the images without a defense and on "
+            f"{b:.0f}% behind {defended} (SND {verb} it"
+            + (f" by {a - b:.0f} points)" if b < a else ")")
+        )
     ql2 = mean_query_l2(run.select("hsja", defended), q)
     acc = {r["endpoint"]: sum(r["accuracies"]) / len(r["accuracies"]) for r in run.accuracy}
     return (
@@ -80,14 +90,22 @@ def reading(run: Run, epsilon: float) -> str:
     )
 
 
-def run_demo(images: int = 5, budget: int = 2000, sigma: float = 0.01, epsilon: float = 1.5,
-             out_dir: Path | None = None, workers: int = 2,
-             console: Console | None = None) -> Run:
+def run_demo(
+    images: int = 5,
+    budget: int = 2000,
+    sigma: float = 0.01,
+    epsilon: float = 1.5,
+    out_dir: Path | None = None,
+    workers: int = 2,
+    console: Console | None = None,
+) -> Run:
     console = console or Console()
     out_dir = out_dir or Path(tempfile.mkdtemp(prefix="snd-demo-"))
     experiment = demo_experiment(images, budget, sigma, epsilon)
-    console.print(f"[bold]SND demo[/]: starting an undefended and an SND σ={sigma} service, "
-                  f"then HSJA and SimBA-DCT on {images} images with {budget} queries each")
+    console.print(
+        f"[bold]SND demo[/]: starting an undefended and an SND σ={sigma} service, "
+        f"then HSJA and SimBA-DCT on {images} images with {budget} queries each"
+    )
     evaluate(experiment, out_dir, workers=workers)
     run = Run.load(out_dir)
     console.print(summary_table(run, epsilon))

@@ -172,15 +172,20 @@ class Experiment:
         for attack in self.attacks:
             unknown = sorted(set(attack.endpoints or ()) - set(names))
             if unknown:
-                raise ValueError(f"attack {attack.key!r} names unknown endpoints: "
-                                 f"{', '.join(unknown)}")
+                raise ValueError(
+                    f"attack {attack.key!r} names unknown endpoints: {', '.join(unknown)}"
+                )
         for endpoint in self.endpoints:
             if endpoint.pmis_reference is not None and endpoint.pmis_reference not in names:
-                raise ValueError(f"endpoint {endpoint.name!r}: pmis_reference "
-                                 f"{endpoint.pmis_reference!r} is not an endpoint")
+                raise ValueError(
+                    f"endpoint {endpoint.name!r}: pmis_reference "
+                    f"{endpoint.pmis_reference!r} is not an endpoint"
+                )
             if endpoint.url is None and endpoint.serve is None and self.serve is None:
-                raise ValueError(f"endpoint {endpoint.name!r} needs 'url' or 'serve' (or a "
-                                 "top-level [serve] table for one shared local server)")
+                raise ValueError(
+                    f"endpoint {endpoint.name!r} needs 'url' or 'serve' (or a "
+                    "top-level [serve] table for one shared local server)"
+                )
 
     @property
     def budget_checkpoints(self) -> tuple[int, ...]:
@@ -204,8 +209,11 @@ class Experiment:
 def _split_attack(group: list[AttackConfig]) -> bool:
     """The entries are one attack (same name, params, repeat) on disjoint endpoint sets."""
     first = group[0]
-    if any((a.name, a.params, a.repeat) != (first.name, first.params, first.repeat)
-           or a.endpoints is None for a in group):
+    if any(
+        (a.name, a.params, a.repeat) != (first.name, first.params, first.repeat)
+        or a.endpoints is None
+        for a in group
+    ):
         return False
     seen: set[str] = set()
     for attack in group:

@@ -56,11 +56,20 @@ class Evaluation:
         self._lock = threading.Lock()
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    def oracle(self, endpoint: EndpointConfig, *, evaluator: bool, scores: bool = False,
-               ) -> HttpOracle:
+    def oracle(
+        self,
+        endpoint: EndpointConfig,
+        *,
+        evaluator: bool,
+        scores: bool = False,
+    ) -> HttpOracle:
         key = (endpoint.eval_api_key or endpoint.api_key) if evaluator else endpoint.api_key
-        return HttpOracle(self.urls[endpoint.name], endpoint.model, api_key=key,
-                          output="scores" if scores else "label")
+        return HttpOracle(
+            self.urls[endpoint.name],
+            endpoint.model,
+            api_key=key,
+            output="scores" if scores else "label",
+        )
 
     # -- images and clean accuracy ------------------------------------------------------------
 
@@ -79,8 +88,15 @@ class Evaluation:
                 if len(chosen) >= self.experiment.images:
                     break
         chosen = chosen[: self.experiment.images]
-        path.write_text(json.dumps({"reference": self.experiment.reference.name,
-                                    "seed": self.experiment.seed, "indices": chosen}))
+        path.write_text(
+            json.dumps(
+                {
+                    "reference": self.experiment.reference.name,
+                    "seed": self.experiment.seed,
+                    "indices": chosen,
+                }
+            )
+        )
         return chosen
 
     def clean_accuracy(self, data: ImageSet) -> None:
@@ -109,17 +125,23 @@ class Evaluation:
                     answers = oracle.labels(images)
                     accuracies.append(float((answers == labels).mean()))
                     mismatch.append(float((answers != clean).mean()))
-                record = {"endpoint": endpoint.name, "accuracies": accuracies, "images": limit,
-                          "clean_p_mis": float(np.mean(mismatch)), "defense": oracle.defense,
-                          "architecture": oracle.architecture,
-                          "input_shape": list(oracle.input_shape),
-                          "pmis_reference": reference.name,
-                          "sigma_hat": self.sigma_hat(endpoint, oracle, images, labels)}
+                record = {
+                    "endpoint": endpoint.name,
+                    "accuracies": accuracies,
+                    "images": limit,
+                    "clean_p_mis": float(np.mean(mismatch)),
+                    "defense": oracle.defense,
+                    "architecture": oracle.architecture,
+                    "input_shape": list(oracle.input_shape),
+                    "pmis_reference": reference.name,
+                    "sigma_hat": self.sigma_hat(endpoint, oracle, images, labels),
+                }
             with path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
 
-    def sigma_hat(self, endpoint: EndpointConfig, oracle: HttpOracle, images: np.ndarray,
-                  labels: np.ndarray) -> float | None:
+    def sigma_hat(
+        self, endpoint: EndpointConfig, oracle: HttpOracle, images: np.ndarray, labels: np.ndarray
+    ) -> float | None:
         """Mean over images of the std, over noise draws, of the margin loss
         log p_y - max_{j != y} log p_j (paper Sec. 4.2: σ̂ = sqrt(Var[l(x + η)]))."""
         n = min(self.experiment.sigma_hat_images, len(images))
@@ -143,57 +165,82 @@ class Evaluation:
         self.check_params(records)
         done = {(r["attack"], r["endpoint"], r["image"]) for r in records}
         # image-major: a run cut short still covers every attack and endpoint on its images
-        return [(a, e, i) for n, i in enumerate(images) for a in self.experiment.attacks
-                for e in self.experiment.endpoints
-                if a.runs_on(e.name) and (a.images is None or n < a.images)
-                and (a.key, e.name, i) not in done]
+        return [
+            (a, e, i)
+            for n, i in enumerate(images)
+            for a in self.experiment.attacks
+            for e in self.experiment.endpoints
+            if a.runs_on(e.name)
+            and (a.images is None or n < a.images)
+            and (a.key, e.name, i) not in done
+        ]
 
     def check_params(self, records: list[dict[str, Any]]) -> None:
         """Refuse to resume over records made with other attack parameters than the config's,
         defaults included (a changed ``params`` or default would otherwise mix two settings in
         one table)."""
         # every hyperparameter, defaults included: a changed default is a changed setting
-        attacks = {a.key: {k: v for k, v in get_attack(a.name)(**a.params).params().items()
-                           if jsonable(v)} for a in self.experiment.attacks}
+        attacks = {
+            a.key: {k: v for k, v in get_attack(a.name)(**a.params).params().items() if jsonable(v)}
+            for a in self.experiment.attacks
+        }
         for record in records:
             params = attacks.get(record["attack"])
             if params is None:
                 continue
             stored = record.get("params", {})
-            changed = sorted(k for k, v in params.items()
-                             if json.dumps(stored.get(k)) != json.dumps(v))
+            changed = sorted(
+                k for k, v in params.items() if json.dumps(stored.get(k)) != json.dumps(v)
+            )
             if changed:
                 raise ResumeMismatch(
                     f"{self.out_dir / RECORDS} holds {record['attack']} records made with other "
                     f"values of {', '.join(changed)} than the config's; remove those records "
-                    "or use a new output directory")
+                    "or use a new output directory"
+                )
 
-    def run_job(self, attack: AttackConfig, endpoint: EndpointConfig, image: int,
-                data: ImageSet) -> dict[str, Any]:
+    def run_job(
+        self, attack: AttackConfig, endpoint: EndpointConfig, image: int, data: ImageSet
+    ) -> dict[str, Any]:
         start = time.perf_counter()
         exp = self.experiment
         attack_cls = get_attack(attack.name)
         with ExitStack() as stack:
-            http = stack.enter_context(self.oracle(endpoint, evaluator=False,
-                                                   scores=attack_cls.needs_scores))
+            http = stack.enter_context(
+                self.oracle(endpoint, evaluator=False, scores=attack_cls.needs_scores)
+            )
             recording = RecordingOracle(http, exp.pmis_samples, seed=exp.seed + image)
             oracle: Oracle = recording
             if attack.repeat > 1:
                 oracle = RepeatOracle(recording, attack.repeat)
-            result = attack_cls(**attack.params)(oracle, data.images[image],
-                                                 int(data.labels[image]), exp.budget,
-                                                 seed=exp.seed + image)
+            result = attack_cls(**attack.params)(
+                oracle,
+                data.images[image],
+                int(data.labels[image]),
+                exp.budget,
+                seed=exp.seed + image,
+            )
             evaluator = stack.enter_context(self.oracle(endpoint, evaluator=True))
             verdicts = self.judge(evaluator, result)
             judge_queries = evaluator.queries
             p_mis = None
             if recording.images:
                 reference = stack.enter_context(
-                    self.oracle(exp.pmis_reference_of(endpoint), evaluator=True))
+                    self.oracle(exp.pmis_reference_of(endpoint), evaluator=True)
+                )
                 clean = reference.labels(np.stack(recording.images))
                 p_mis = (int((clean != np.array(recording.answers)).sum()), len(clean))
-        return build_record(exp, attack, endpoint, image, result, verdicts, p_mis,
-                            time.perf_counter() - start, judge_queries)
+        return build_record(
+            exp,
+            attack,
+            endpoint,
+            image,
+            result,
+            verdicts,
+            p_mis,
+            time.perf_counter() - start,
+            judge_queries,
+        )
 
     def judge(self, evaluator: HttpOracle, result: AttackResult) -> dict[int, tuple[bool, int]]:
         """The evaluator's majority verdict on the candidate at each checkpoint (each distinct
@@ -206,8 +253,9 @@ class Evaluation:
                 by_id.setdefault(id(candidate), candidate)
                 at[q] = id(candidate)
         ids = list(by_id)
-        verdicts = majority_misclassified(evaluator, [by_id[i] for i in ids], result.label,
-                                          self.experiment.eval_draws)
+        verdicts = majority_misclassified(
+            evaluator, [by_id[i] for i in ids], result.label, self.experiment.eval_draws
+        )
         by_candidate = dict(zip(ids, verdicts, strict=True))
         return {q: by_candidate[i] for q, i in at.items()}
 
@@ -222,12 +270,17 @@ class Evaluation:
         self.clean_accuracy(data)
         jobs = self.jobs(images)
         log.info("%d records to run (%d workers)", len(jobs), workers)
-        bar = tqdm(total=len(jobs), desc=f"evaluate {self.experiment.name}", unit="run",
-                   disable=not progress)
+        bar = tqdm(
+            total=len(jobs),
+            desc=f"evaluate {self.experiment.name}",
+            unit="run",
+            disable=not progress,
+        )
         pool = ThreadPoolExecutor(max_workers=max(1, workers))
         try:
-            futures = {pool.submit(self.run_job, a, e, i, data): (a.key, e.name, i)
-                       for a, e, i in jobs}
+            futures = {
+                pool.submit(self.run_job, a, e, i, data): (a.key, e.name, i) for a, e, i in jobs
+            }
             for future in as_completed(futures):
                 record = future.result()
                 self.write(record)
@@ -241,8 +294,9 @@ class Evaluation:
         bar.close()
 
 
-def evaluate(experiment: Experiment, out_dir: Path, *, workers: int = 1,
-             progress: bool = True) -> Path:
+def evaluate(
+    experiment: Experiment, out_dir: Path, *, workers: int = 1, progress: bool = True
+) -> Path:
     """Run (or resume) an experiment; start the endpoints that ask to be served locally."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
@@ -259,8 +313,11 @@ def serve_endpoints(experiment: Experiment, stack: ExitStack) -> dict[str, str]:
     """The URL of every endpoint; the local services the experiment asks for are started and
     left to ``stack`` to stop."""
     urls = {}
-    shared = (stack.enter_context(LocalService(experiment.serve)).url
-              if experiment.serve is not None else None)
+    shared = (
+        stack.enter_context(LocalService(experiment.serve)).url
+        if experiment.serve is not None
+        else None
+    )
     for endpoint in experiment.endpoints:
         if endpoint.url is None and endpoint.serve is None:
             assert shared is not None
@@ -271,5 +328,3 @@ def serve_endpoints(experiment: Experiment, stack: ExitStack) -> dict[str, str]:
             assert endpoint.url is not None
             urls[endpoint.name] = endpoint.url
     return urls
-
-

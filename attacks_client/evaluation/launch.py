@@ -46,8 +46,9 @@ class LocalService:
 
     def start(self) -> LocalService:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SND_")}
-        env.update({"SND_HOST": "127.0.0.1", "SND_PORT": str(self.port),
-                    "SND_LOG_LEVEL": "warning"})
+        env.update(
+            {"SND_HOST": "127.0.0.1", "SND_PORT": str(self.port), "SND_LOG_LEVEL": "warning"}
+        )
         # `workers` is uvicorn's, not a setting: worker processes serve in parallel (each with
         # its own models and batches, and its own in-memory counter unless redis_url is set)
         settings = dict(self.settings)
@@ -57,8 +58,12 @@ class LocalService:
                 json.dumps(value) if isinstance(value, dict | list) else str(value)
             )
         with self._log.open("wb") as log_file:
-            self._proc = subprocess.Popen([sys.executable, "-m", "service", *workers], env=env,
-                                          stdout=log_file, stderr=subprocess.STDOUT)
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "service", *workers],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -85,6 +90,7 @@ class LocalService:
     def __enter__(self) -> LocalService:
         return self.start()
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

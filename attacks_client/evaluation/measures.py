@@ -15,9 +15,12 @@ from typing import Any
 import numpy as np
 
 
-def success_counts(records: list[dict[str, Any]], q: int, epsilon: float,
-                   misclassified: Callable[[dict[str, Any]], bool | None] | None = None,
-                   ) -> tuple[int, int]:
+def success_counts(
+    records: list[dict[str, Any]],
+    q: int,
+    epsilon: float,
+    misclassified: Callable[[dict[str, Any]], bool | None] | None = None,
+) -> tuple[int, int]:
     """(successes, images) at checkpoint ``q`` and radius ``epsilon``. ``misclassified(record)``
     replaces the defended endpoint's stored verdict (e.g. the noise-free reference's); a record
     it answers None for was not judged and is left out."""
@@ -64,11 +67,15 @@ def p_mis(records: list[dict[str, Any]]) -> float:
     return sum(s["mismatches"] for s in stats) / samples if samples else math.nan
 
 
-def reference_success_counts(records: list[dict[str, Any]],
-                             judgements: dict[tuple[str, str, int], dict[str, bool | None]],
-                             q: int, epsilon: float) -> tuple[int, int]:
+def reference_success_counts(
+    records: list[dict[str, Any]],
+    judgements: dict[tuple[str, str, int], dict[str, bool | None]],
+    q: int,
+    epsilon: float,
+) -> tuple[int, int]:
     """(successes, images judged) when the noise-free reference h, not the defended endpoint,
     decides whether the candidate after ``q`` queries is adversarial."""
+
     def by_reference(record: dict[str, Any]) -> bool | None:
         verdicts = judgements.get((record["attack"], record["endpoint"], record["image"]))
         return None if verdicts is None else bool(verdicts.get(str(q)))

@@ -39,11 +39,19 @@ def plot_median_l2(run: Run, directory: Path) -> list[Path]:
             ax.plot(q, np.where(np.isfinite(median), median, np.nan), label=endpoint)
         epsilon = run.experiment["primary_epsilon"]
         ax.axhline(epsilon, color="grey", linestyle="--", linewidth=0.8)
-        ax.annotate(f"ε = {epsilon}", (0.99, epsilon), xycoords=("axes fraction", "data"),
-                    ha="right", va="bottom", fontsize=7, color="grey")
+        ax.annotate(
+            f"ε = {epsilon}",
+            (0.99, epsilon),
+            xycoords=("axes fraction", "data"),
+            ha="right",
+            va="bottom",
+            fontsize=7,
+            color="grey",
+        )
         images = max(len(c) for c in series.values())
-        ax.set(xlabel="queries", ylabel="median L2 of the candidate",
-               title=f"{key} ({images} images)")
+        ax.set(
+            xlabel="queries", ylabel="median L2 of the candidate", title=f"{key} ({images} images)"
+        )
         ax.set_yscale("log")
         plain = ScalarFormatter()
         plain.set_scientific(False)
@@ -59,3 +67,55 @@ def plot_median_l2(run: Run, directory: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def plot_calibration(
+    sigmas: list[float],
+    accuracy: list[float],
+    accuracy_std: list[float],
+    success: dict[str, list[float]],
+    path: Path,
+    *,
+    chosen: float | None = None,
+    accuracy_floor: float | None = None,
+) -> Path:
+    """Clean accuracy (%, left axis, ± std) and each attack's success (%, right axis) against σ
+    on a log axis; σ = 0 sits one decade left of the smallest σ, labelled 0. The chosen σ and
+    the accuracy floor of the choice rule are marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    positive = [s for s in sigmas if s > 0]
+    zero_at = min(positive) / 10 if positive else 1.0
+    x = np.array([s if s > 0 else zero_at for s in sigmas])
+    fig, left = plt.subplots(figsize=(6, 3.8))
+    left.errorbar(
+        x, accuracy, yerr=accuracy_std, color="black", marker="o", capsize=3, label="clean accuracy"
+    )
+    if accuracy_floor is not None:
+        left.axhline(accuracy_floor, color="black", linestyle=":", linewidth=0.8)
+    left.set(xscale="log", xlabel="σ (SND noise std)", ylabel="clean accuracy (%)")
+    right = left.twinx()
+    for attack, values in success.items():
+        right.plot(x, [100 * v for v in values], marker="s", linestyle="--", label=attack)
+    right.set(ylabel="attack success (%)", ylim=(-5, 105))
+    if chosen is not None:
+        left.axvline(
+            chosen if chosen > 0 else zero_at,
+            color="tab:green",
+            alpha=0.5,
+            linewidth=6,
+            label=f"chosen σ = {chosen:g}",
+        )
+    left.set_xticks(x, [f"{s:g}" for s in sigmas], rotation=45, fontsize=7)
+    left.minorticks_off()
+    handles = left.get_legend_handles_labels()
+    extra = right.get_legend_handles_labels()
+    left.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7, loc="lower left")
+    left.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

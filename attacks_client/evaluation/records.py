@@ -32,8 +32,9 @@ def decode_array(text: str, shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(zlib.decompress(base64.b64decode(text)), np.float32).reshape(shape)
 
 
-def majority_misclassified(evaluator: Oracle, candidates: list[np.ndarray], label: int,
-                           draws: int) -> list[tuple[bool, int]]:
+def majority_misclassified(
+    evaluator: Oracle, candidates: list[np.ndarray], label: int, draws: int
+) -> list[tuple[bool, int]]:
     """For each candidate: (misclassified by a majority of ``draws``, number of wrong votes)."""
     if not candidates:
         return []
@@ -50,10 +51,17 @@ def query_l2_at(result: AttackResult, q: int) -> float | None:
     return float(result.query_l2[min(q, len(result.query_l2)) - 1])
 
 
-def build_record(experiment: Experiment, attack: AttackConfig, endpoint: EndpointConfig,
-                 image: int, result: AttackResult, verdicts: dict[int, tuple[bool, int]],
-                 p_mis: tuple[int, int] | None, seconds: float,
-                 judge_queries: int = 0) -> dict[str, Any]:
+def build_record(
+    experiment: Experiment,
+    attack: AttackConfig,
+    endpoint: EndpointConfig,
+    image: int,
+    result: AttackResult,
+    verdicts: dict[int, tuple[bool, int]],
+    p_mis: tuple[int, int] | None,
+    seconds: float,
+    judge_queries: int = 0,
+) -> dict[str, Any]:
     grid = np.unique(np.linspace(1, experiment.budget, TRAJECTORY_POINTS).astype(int))
     checkpoints = {}
     for q in experiment.budget_checkpoints:
@@ -68,18 +76,29 @@ def build_record(experiment: Experiment, attack: AttackConfig, endpoint: Endpoin
             "candidate": None if candidate is None else encode_array(candidate),
         }
     return {
-        "attack": attack.key, "attack_name": attack.name, "repeat": attack.repeat,
+        "attack": attack.key,
+        "attack_name": attack.name,
+        "repeat": attack.repeat,
         "params": {k: v for k, v in result.params.items() if jsonable(v)},
-        "endpoint": endpoint.name, "image": image, "label": result.label,
-        "budget": result.budget, "queries": result.queries,
-        "reference_queries": result.reference_queries, "stop_reason": result.stop_reason,
-        "attack_seconds": result.wall_time, "seconds": seconds,
+        "endpoint": endpoint.name,
+        "image": image,
+        "label": result.label,
+        "budget": result.budget,
+        "queries": result.queries,
+        "reference_queries": result.reference_queries,
+        "stop_reason": result.stop_reason,
+        "attack_seconds": result.wall_time,
+        "seconds": seconds,
         "checkpoints": checkpoints,
         "candidate_l2": [[int(q), _finite(result.l2_at(int(q)))] for q in grid],
         "mean_query_l2": float(result.query_l2.mean()) if len(result.query_l2) else None,
-        "p_mis": None if p_mis is None else {
-            "mismatches": p_mis[0], "samples": p_mis[1],
-            "reference": experiment.pmis_reference_of(endpoint).name},
+        "p_mis": None
+        if p_mis is None
+        else {
+            "mismatches": p_mis[0],
+            "samples": p_mis[1],
+            "reference": experiment.pmis_reference_of(endpoint).name,
+        },
         "judge_queries": judge_queries,
     }
 
@@ -100,5 +119,3 @@ def read_lines(path: Path) -> list[str]:
     if not path.exists():
         return []
     return [line for line in path.read_text().splitlines() if line.strip()]
-
-

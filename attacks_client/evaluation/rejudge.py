@@ -52,20 +52,28 @@ def load_judgements(directory: Path) -> dict[tuple[str, str, int], dict[str, boo
 
 def rejudge(experiment: Experiment, out_dir: Path, *, progress: bool = True) -> Path:
     """Judge the candidates of ``out_dir``'s records on each endpoint's noise-free reference."""
-    records = [json.loads(line) for line in (out_dir / RECORDS).read_text().splitlines()
-               if line.strip()]
+    records = [
+        json.loads(line) for line in (out_dir / RECORDS).read_text().splitlines() if line.strip()
+    ]
     done = load_judgements(out_dir)
     endpoints = {e.name: e for e in experiment.endpoints}
     todo = [r for r in records if record_key(r) not in done and r["endpoint"] in endpoints]
     path = out_dir / REFERENCE_JUDGEMENT
     if not todo:
         return path
-    stripped = [r for r in todo if any(c.get("l2") is not None and c.get("candidate") is None
-                                       for c in r["checkpoints"].values())]
+    stripped = [
+        r
+        for r in todo
+        if any(
+            c.get("l2") is not None and c.get("candidate") is None
+            for c in r["checkpoints"].values()
+        )
+    ]
     if stripped:
         raise CandidatesDropped(
             f"{len(stripped)} records of {out_dir / RECORDS} have no stored candidates (a "
-            "compact copy?): they cannot be rejudged; rejudge the run that made them")
+            "compact copy?): they cannot be rejudged; rejudge the run that made them"
+        )
     by_reference: dict[str, list[dict[str, Any]]] = {}
     for record in todo:
         reference = experiment.pmis_reference_of(endpoints[record["endpoint"]])
@@ -73,15 +81,26 @@ def rejudge(experiment: Experiment, out_dir: Path, *, progress: bool = True) -> 
     with ExitStack() as stack:
         stack.enter_context(run_lock(out_dir))
         urls = serve_endpoints(experiment, stack)
-        bar = stack.enter_context(tqdm(total=len(todo), desc=f"rejudge {experiment.name}",
-                                       unit="record", disable=not progress))
+        bar = stack.enter_context(
+            tqdm(
+                total=len(todo),
+                desc=f"rejudge {experiment.name}",
+                unit="record",
+                disable=not progress,
+            )
+        )
         for name, group in by_reference.items():
             reference = endpoints[name]
-            oracle = stack.enter_context(HttpOracle(
-                urls[name], reference.model, api_key=reference.eval_api_key or reference.api_key,
-                output="label"))
+            oracle = stack.enter_context(
+                HttpOracle(
+                    urls[name],
+                    reference.model,
+                    api_key=reference.eval_api_key or reference.api_key,
+                    output="label",
+                )
+            )
             for start in range(0, len(group), RECORDS_PER_REQUEST):
-                chunk = group[start:start + RECORDS_PER_REQUEST]
+                chunk = group[start : start + RECORDS_PER_REQUEST]
                 rows = judge_chunk(oracle, chunk, name)
                 with path.open("a") as fh:
                     fh.writelines(json.dumps(row) + "\n" for row in rows)
@@ -89,8 +108,9 @@ def rejudge(experiment: Experiment, out_dir: Path, *, progress: bool = True) -> 
     return path
 
 
-def judge_chunk(oracle: HttpOracle, records: list[dict[str, Any]],
-                reference: str) -> list[dict[str, Any]]:
+def judge_chunk(
+    oracle: HttpOracle, records: list[dict[str, Any]], reference: str
+) -> list[dict[str, Any]]:
     """One labels request for every candidate of ``records``; a row per record."""
     asked: list[tuple[int, str]] = []  # (record index, checkpoint)
     images: list[np.ndarray] = []
@@ -101,9 +121,17 @@ def judge_chunk(oracle: HttpOracle, records: list[dict[str, Any]],
                 images.append(decode_array(checkpoint["candidate"], oracle.input_shape))
     labels = oracle.labels(np.stack(images)) if images else np.zeros(0, int)
     verdicts: list[dict[str, bool | None]] = [
-        {q: None for q in record["checkpoints"]} for record in records]
+        {q: None for q in record["checkpoints"]} for record in records
+    ]
     for (i, q), label in zip(asked, labels, strict=True):
         verdicts[i][q] = bool(label != records[i]["label"])
-    return [{"attack": r["attack"], "endpoint": r["endpoint"], "image": r["image"],
-             "reference": reference, "misclassified": v}
-            for r, v in zip(records, verdicts, strict=True)]
+    return [
+        {
+            "attack": r["attack"],
+            "endpoint": r["endpoint"],
+            "image": r["image"],
+            "reference": reference,
+            "misclassified": v,
+        }
+        for r, v in zip(records, verdicts, strict=True)
+    ]

@@ -8,10 +8,9 @@ adaptive attack against T), 5 (P_mis), 7 (SND variants), and median candidate L2
 
 from __future__ import annotations
 
-import csv
 import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,45 +28,15 @@ from attacks_client.evaluation.measures import (
 )
 from attacks_client.evaluation.plots import plot_median_l2
 from attacks_client.evaluation.runs import Run
-
-
-def short(q: int) -> str:
-    """1000 -> 1k, 2500 -> 2.5k, 300 -> 300."""
-    return f"{q / 1000:g}k" if q >= 1000 else str(q)
-
-
-def fmt_rate(value: float) -> str:
-    return "–" if math.isnan(value) else f"{value * 100:.1f}"
-
-
-def fmt_l2(value: float) -> str:
-    return "–" if math.isnan(value) else ("∞" if math.isinf(value) else f"{value:.3f}")
-
-
-def markdown_table(header: list[str], rows: Iterable[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
-def describe_defense(defense: dict[str, Any]) -> str:
-    kind = defense.get("kind", "?")
-    if kind != "snd" or "sigma" not in defense:
-        return kind
-    text = f"SND σ={defense['sigma']}"
-    if defense.get("distribution") == "beta":
-        text += f", k~Beta({defense.get('alpha')}, {defense.get('beta')})"
-    if defense.get("noise", "gaussian") != "gaussian":
-        text += f", {defense['noise']}"
-    return text
+from attacks_client.evaluation.tables import (
+    clean_accuracy_table,
+    describe_defense,
+    fmt_l2,
+    fmt_rate,
+    markdown_table,
+    short,
+    write_csv,
+)
 
 
 class Report:
@@ -80,27 +49,12 @@ class Report:
         return [a for a in self.run.attacks if a["repeat"] == 1]
 
     def table1(self) -> str:
-        rows, csv_rows = [], []
-        for row in self.run.accuracy:
-            acc = np.array(row["accuracies"]) * 100
-            clean_p_mis, sigma_hat = row.get("clean_p_mis"), row.get("sigma_hat")
-            architecture = self.run.architecture(row)
-            rows.append([row["endpoint"], architecture or "–",
-                         describe_defense(row.get("defense") or {}),
-                         f"{acc.mean():.2f} ± {acc.std():.2f}", str(len(acc)), str(row["images"]),
-                         "–" if clean_p_mis is None else f"{clean_p_mis:.4f}",
-                         "–" if sigma_hat is None else f"{sigma_hat:.4f}"])
-            csv_rows.append([row["endpoint"], architecture, acc.mean(), acc.std(),
-                             len(acc), row["images"], clean_p_mis, sigma_hat])
-        write_csv(self.tables / "table1_clean_accuracy.csv",
-                  ["endpoint", "architecture", "accuracy_mean", "accuracy_std", "repeats", "images",
-                   "clean_p_mis", "sigma_hat"], csv_rows)
-        return markdown_table(["Endpoint", "Model", "Defense", "Clean accuracy (%)", "Repeats",
-                               "Images", "P_mis on clean images", "σ̂ (margin-loss std)"], rows)
+        return clean_accuracy_table(self.run, self.tables)
 
     def success_table(self, attacks: list[dict[str, Any]], epsilon: float, name: str) -> str:
-        header = ["Endpoint"] + [f"{a['key']} {short(q)}" for a in attacks
-                                 for q in self.run.checkpoints]
+        header = ["Endpoint"] + [
+            f"{a['key']} {short(q)}" for a in attacks for q in self.run.checkpoints
+        ]
         rows, csv_rows = [], []
         for endpoint in self.run.endpoints:
             cells = [endpoint]
@@ -109,23 +63,53 @@ class Report:
                 for q in self.run.checkpoints:
                     rate, ql2 = success_rate(records, q, epsilon), mean_query_l2(records, q)
                     cells.append(f"{fmt_rate(rate)} ({fmt_l2(ql2)})" if records else "–")
-                    csv_rows.append([endpoint, attack["key"], q, epsilon, rate, ql2,
-                                     median_l2(records, q), len(records)])
+                    csv_rows.append(
+                        [
+                            endpoint,
+                            attack["key"],
+                            q,
+                            epsilon,
+                            rate,
+                            ql2,
+                            median_l2(records, q),
+                            len(records),
+                        ]
+                    )
             rows.append(cells)
-        write_csv(self.tables / f"{name}.csv", ["endpoint", "attack", "queries", "epsilon",
-                                                "success_rate", "mean_query_l2", "median_l2",
-                                                "images"], csv_rows)
+        write_csv(
+            self.tables / f"{name}.csv",
+            [
+                "endpoint",
+                "attack",
+                "queries",
+                "epsilon",
+                "success_rate",
+                "mean_query_l2",
+                "median_l2",
+                "images",
+            ],
+            csv_rows,
+        )
         return markdown_table(header, rows)
 
     def attacks_by_endpoint(self, cell: Callable[[str, str, list[dict[str, Any]]], str]) -> str:
         """A table with attacks as rows and the attacked endpoints as columns; ``cell(attack,
         endpoint, records)`` fills a cell that has records, the others read "–"."""
-        endpoints = [e for e in self.run.endpoints
-                     if any(self.run.select(a["key"], e) for a in self.run.attacks)]
-        rows = [[attack["key"]] + [
-            cell(attack["key"], endpoint, records)
-            if (records := self.run.select(attack["key"], endpoint)) else "–"
-            for endpoint in endpoints] for attack in self.run.attacks]
+        endpoints = [
+            e
+            for e in self.run.endpoints
+            if any(self.run.select(a["key"], e) for a in self.run.attacks)
+        ]
+        rows = [
+            [attack["key"]]
+            + [
+                cell(attack["key"], endpoint, records)
+                if (records := self.run.select(attack["key"], endpoint))
+                else "–"
+                for endpoint in endpoints
+            ]
+            for attack in self.run.attacks
+        ]
         return markdown_table(["Attack"] + endpoints, rows)
 
     def glance_table(self, epsilons: list[float]) -> str:
@@ -134,8 +118,9 @@ class Report:
         q = self.run.checkpoints[-1]
 
         def cell(attack: str, endpoint: str, records: list[dict[str, Any]]) -> str:
-            rates = " / ".join(fmt_rate(success_rate(records, q, eps)).removesuffix(".0")
-                               for eps in epsilons)
+            rates = " / ".join(
+                fmt_rate(success_rate(records, q, eps)).removesuffix(".0") for eps in epsilons
+            )
             return f"{rates} ({fmt_l2(median_l2(records, q))}; n={len(records)})"
 
         return self.attacks_by_endpoint(cell)
@@ -153,9 +138,11 @@ class Report:
             return f"{hits}/{n} [{lo * 100:.0f}–{hi * 100:.0f}]"
 
         table = self.attacks_by_endpoint(cell)
-        write_csv(self.tables / f"success_interval_eps{epsilon}.csv",
-                  ["attack", "endpoint", "successes", "images", "wilson95_low", "wilson95_high"],
-                  csv_rows)
+        write_csv(
+            self.tables / f"success_interval_eps{epsilon}.csv",
+            ["attack", "endpoint", "successes", "images", "wilson95_low", "wilson95_high"],
+            csv_rows,
+        )
         return table
 
     def reference_table(self, epsilons: list[float]) -> str:
@@ -163,8 +150,9 @@ class Report:
         q = self.run.checkpoints[-1]
 
         def cell(attack: str, endpoint: str, records: list[dict[str, Any]]) -> str:
-            counts = [reference_success_counts(records, self.run.judgements, q, eps)
-                      for eps in epsilons]
+            counts = [
+                reference_success_counts(records, self.run.judgements, q, eps) for eps in epsilons
+            ]
             n = counts[0][1]
             return " / ".join(f"{100 * h / n:.0f}" for h, _ in counts) + f" (n={n})" if n else "–"
 
@@ -173,17 +161,26 @@ class Report:
     def median_table(self) -> str:
         attacks = self.plain_attacks()
         header = ["Endpoint"] + [f"{a['key']} @{q}" for a in attacks for q in self.run.checkpoints]
-        rows = [[e] + [fmt_l2(median_l2(self.run.select(a["key"], e), q)) if
-                       self.run.select(a["key"], e) else "–"
-                       for a in attacks for q in self.run.checkpoints]
-                for e in self.run.endpoints]
+        rows = [
+            [e]
+            + [
+                fmt_l2(median_l2(self.run.select(a["key"], e), q))
+                if self.run.select(a["key"], e)
+                else "–"
+                for a in attacks
+                for q in self.run.checkpoints
+            ]
+            for e in self.run.endpoints
+        ]
         return markdown_table(header, rows)
 
     def counts_table(self) -> str:
         """How many images each (attack, endpoint) cell holds (a cut-short run has fewer)."""
         attacks = self.run.attacks
-        rows = [[e] + [str(len(self.run.select(a["key"], e))) for a in attacks]
-                for e in self.run.endpoints]
+        rows = [
+            [e] + [str(len(self.run.select(a["key"], e))) for a in attacks]
+            for e in self.run.endpoints
+        ]
         return markdown_table(["Endpoint"] + [a["key"] for a in attacks], rows)
 
     def table5(self) -> str:
@@ -205,39 +202,56 @@ class Report:
             return None
         header = ["Attack", "T", "Endpoint"] + [f"{q}" for q in self.run.checkpoints] + ["P_mis"]
         rows = []
-        for attack in sorted((a for a in self.run.attacks if a["name"] in names),
-                             key=lambda a: (a["name"], a["repeat"])):
+        for attack in sorted(
+            (a for a in self.run.attacks if a["name"] in names),
+            key=lambda a: (a["name"], a["repeat"]),
+        ):
             for endpoint in self.run.endpoints:
                 records = self.run.select(attack["key"], endpoint)
                 if not records:
                     continue
-                rows.append([attack["name"], str(attack["repeat"]), endpoint]
-                            + [f"{fmt_rate(success_rate(records, q, epsilon))} "
-                               f"({fmt_l2(mean_query_l2(records, q))})"
-                               for q in self.run.checkpoints]
-                            + [fmt_rate(p_mis(records))])
+                rows.append(
+                    [attack["name"], str(attack["repeat"]), endpoint]
+                    + [
+                        f"{fmt_rate(success_rate(records, q, epsilon))} "
+                        f"({fmt_l2(mean_query_l2(records, q))})"
+                        for q in self.run.checkpoints
+                    ]
+                    + [fmt_rate(p_mis(records))]
+                )
         return markdown_table(header, rows)
 
     def table7(self, epsilon: float) -> str | None:
-        snd = [e for e in self.run.endpoints if self.run.defense(e).get("kind") == "snd"
-               and "sigma" in self.run.defense(e)]
+        snd = [
+            e
+            for e in self.run.endpoints
+            if self.run.defense(e).get("kind") == "snd" and "sigma" in self.run.defense(e)
+        ]
         if not snd:
             return None
         attacks = self.plain_attacks()
         accuracy = {r["endpoint"]: np.array(r["accuracies"]) * 100 for r in self.run.accuracy}
         header = ["Defense", "Clean acc. (%)", "E‖η‖₂"] + [
-            f"{a['key']} {q}" for a in attacks for q in self.run.checkpoints]
+            f"{a['key']} {q}" for a in attacks for q in self.run.checkpoints
+        ]
         rows = []
         for endpoint in snd:
             d = self.run.defense(endpoint)
             dim = self._dimension(endpoint)
             k = d["alpha"] / (d["alpha"] + d["beta"]) if d.get("distribution") == "beta" else 1.0
             acc = accuracy.get(endpoint)
-            rows.append([describe_defense(d),
-                         f"{acc.mean():.2f} ± {acc.std():.2f}" if acc is not None else "–",
-                         fmt_l2(k * d["sigma"] * math.sqrt(dim)) if dim else "–"]
-                        + [fmt_rate(success_rate(self.run.select(a["key"], endpoint), q, epsilon))
-                           for a in attacks for q in self.run.checkpoints])
+            rows.append(
+                [
+                    describe_defense(d),
+                    f"{acc.mean():.2f} ± {acc.std():.2f}" if acc is not None else "–",
+                    fmt_l2(k * d["sigma"] * math.sqrt(dim)) if dim else "–",
+                ]
+                + [
+                    fmt_rate(success_rate(self.run.select(a["key"], endpoint), q, epsilon))
+                    for a in attacks
+                    for q in self.run.checkpoints
+                ]
+            )
         return markdown_table(header, rows)
 
     def _dimension(self, endpoint: str) -> int | None:
@@ -278,38 +292,62 @@ class Report:
             "",
             self.glance_table(list(exp["epsilons"])),
         ]
-        parts += ["", f"## Success after {exp['budget']} queries, with 95% intervals", "",
-                  "Each cell: successes / images [Wilson 95% interval, %]."]
+        parts += [
+            "",
+            f"## Success after {exp['budget']} queries, with 95% intervals",
+            "",
+            "Each cell: successes / images [Wilson 95% interval, %].",
+        ]
         for epsilon in [eps] + [e for e in exp["epsilons"] if e != eps]:
-            parts += ["", f"ε = {epsilon}{' (primary)' if epsilon == eps else ''}:", "",
-                      self.interval_table(epsilon)]
+            parts += [
+                "",
+                f"ε = {epsilon}{' (primary)' if epsilon == eps else ''}:",
+                "",
+                self.interval_table(epsilon),
+            ]
         if self.run.judgements:
-            parts += ["", "## Success judged by the noise-free reference h (`rejudge`)", "",
-                      f"As at a glance, but a candidate counts when h (the endpoint's network "
-                      f"without its noise) misclassifies it, not the defended endpoint's "
-                      f"majority. Each cell: success at ε = "
-                      f"{' / '.join(str(e) for e in exp['epsilons'])} (images judged).", "",
-                      self.reference_table(list(exp["epsilons"]))]
+            parts += [
+                "",
+                "## Success judged by the noise-free reference h (`rejudge`)",
+                "",
+                f"As at a glance, but a candidate counts when h (the endpoint's network "
+                f"without its noise) misclassifies it, not the defended endpoint's "
+                f"majority. Each cell: success at ε = "
+                f"{' / '.join(str(e) for e in exp['epsilons'])} (images judged).",
+                "",
+                self.reference_table(list(exp["epsilons"])),
+            ]
         plain = self.plain_attacks()
         for epsilon in exp["epsilons"]:
             name = f"table2_success_eps{epsilon}"
-            parts += ["", f"## Tables 2/3: attack success rate (%), ε = {epsilon}", "",
-                      self.success_table(plain, epsilon, name)]
+            parts += [
+                "",
+                f"## Tables 2/3: attack success rate (%), ε = {epsilon}",
+                "",
+                self.success_table(plain, epsilon, name),
+            ]
         parts += ["", "## Median L2 of the adversarial candidate", "", self.median_table()]
         parts += ["", "## Images per cell", "", self.counts_table()]
         adaptive = self.adaptive_table(eps)
         if adaptive:
-            parts += ["", f"## Tables 4/6: adaptive attack (T repeats per query), ε = {eps}", "",
-                      adaptive]
-        parts += ["", "## Table 5: P_mis = P(h(x) ≠ h(x + η)) over the attacks' queries (%)", "",
-                  self.table5()]
+            parts += [
+                "",
+                f"## Tables 4/6: adaptive attack (T repeats per query), ε = {eps}",
+                "",
+                adaptive,
+            ]
+        parts += [
+            "",
+            "## Table 5: P_mis = P(h(x) ≠ h(x + η)) over the attacks' queries (%)",
+            "",
+            self.table5(),
+        ]
         table7 = self.table7(eps)
         if table7:
             parts += ["", f"## Table 7: SND variants, ε = {eps}", "", table7]
         plots = plot_median_l2(self.run, self.plots)
         if plots:
-            parts += ["", "## Plots", ""] + [
-                f"![{p.stem}](plots/{p.name})" for p in plots]
+            parts += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
         return "\n".join(parts) + "\n"
 
 

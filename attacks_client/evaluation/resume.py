@@ -35,8 +35,10 @@ def run_lock(out_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "?"
-            raise RunInProgress(f"{out_dir} is being written by another process (pid {holder}); "
-                                "wait for it to end or stop it first") from None
+            raise RunInProgress(
+                f"{out_dir} is being written by another process (pid {holder}); "
+                "wait for it to end or stop it first"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
@@ -62,20 +64,30 @@ def check_resume(out_dir: Path, description: dict[str, Any]) -> None:
     if changed:
         raise ResumeMismatch(
             f"{out_dir} holds records made with other values of {', '.join(changed)} than the "
-            "config's; use a new output directory")
+            "config's; use a new output directory"
+        )
 
 
 def describe(experiment: Experiment) -> dict[str, Any]:
     """The experiment without secrets, for the report."""
     return {
-        "name": experiment.name, "images": experiment.images, "seed": experiment.seed,
-        "budget": experiment.budget, "checkpoints": list(experiment.budget_checkpoints),
-        "epsilons": list(experiment.epsilons), "primary_epsilon": experiment.primary_epsilon,
-        "eval_draws": experiment.eval_draws, "dataset": experiment.dataset,
-        "endpoints": [{"name": e.name, "serve": e.serve, "url": e.url, "model": e.model}
-                      for e in experiment.endpoints],
+        "name": experiment.name,
+        "images": experiment.images,
+        "seed": experiment.seed,
+        "budget": experiment.budget,
+        "checkpoints": list(experiment.budget_checkpoints),
+        "epsilons": list(experiment.epsilons),
+        "primary_epsilon": experiment.primary_epsilon,
+        "eval_draws": experiment.eval_draws,
+        "dataset": experiment.dataset,
+        "endpoints": [
+            {"name": e.name, "serve": e.serve, "url": e.url, "model": e.model}
+            for e in experiment.endpoints
+        ],
         "serve": experiment.serve,
-        "attacks": [{"key": a.key, "name": a.name, "repeat": a.repeat, "params": a.params}
-                    for a in experiment.attacks],
+        "attacks": [
+            {"key": a.key, "name": a.name, "repeat": a.repeat, "params": a.params}
+            for a in experiment.attacks
+        ],
         "reference": experiment.reference.name,
     }

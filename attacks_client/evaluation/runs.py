@@ -32,8 +32,9 @@ class Run:
             return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
         experiment = json.loads((directory / "experiment.json").read_text())
-        return cls(directory, experiment, lines(RECORDS), lines(ACCURACY),
-                   load_judgements(directory))
+        return cls(
+            directory, experiment, lines(RECORDS), lines(ACCURACY), load_judgements(directory)
+        )
 
     @property
     def endpoints(self) -> list[str]:
@@ -65,8 +66,9 @@ class Run:
         written before that was recorded) the zoo entry of a model this run served itself."""
         if row.get("architecture"):
             return str(row["architecture"])
-        endpoint = next((e for e in self.experiment["endpoints"]
-                         if e["name"] == row["endpoint"]), None)
+        endpoint = next(
+            (e for e in self.experiment["endpoints"] if e["name"] == row["endpoint"]), None
+        )
         served = (endpoint or {}).get("serve") or self.experiment.get("serve") or {}
         if endpoint is None or endpoint.get("url"):
             return None

@@ -33,7 +33,10 @@ class Sample:
 
 
 def misclassified(
-    evaluator: Oracle, candidates: np.ndarray, label: int, draws: int,
+    evaluator: Oracle,
+    candidates: np.ndarray,
+    label: int,
+    draws: int,
     target: int | None = None,
 ) -> np.ndarray:
     """Boolean per candidate: adversarial in a strict majority of ``draws`` evaluator draws
@@ -140,9 +143,7 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def summarize(
-    records: Sequence[dict[str, Any]], epsilons: Sequence[float]
-) -> list[dict[str, Any]]:
+def summarize(records: Sequence[dict[str, Any]], epsilons: Sequence[float]) -> list[dict[str, Any]]:
     """Per checkpoint: success rate per epsilon, median/mean candidate L2, mean query L2."""
     if not records:
         return []
@@ -151,20 +152,22 @@ def summarize(
         l2 = np.array([math.inf if r["l2"][j] is None else r["l2"][j] for r in records])
         finite = l2[np.isfinite(l2)]
         at_query = [r["query_l2_at"][j] for r in records if r["query_l2_at"][j] is not None]
-        rows.append({
-            "queries": q,
-            "success": {f"{e:g}": float(np.mean([r["success"][f"{e:g}"][j] for r in records]))
-                        for e in epsilons},
-            "median_l2": float(np.median(l2)),
-            "mean_l2": float(finite.mean()) if len(finite) else math.inf,
-            "found": int(len(finite)),
-            "mean_query_l2": float(np.mean(at_query)) if at_query else math.nan,
-        })
+        rows.append(
+            {
+                "queries": q,
+                "success": {
+                    f"{e:g}": float(np.mean([r["success"][f"{e:g}"][j] for r in records]))
+                    for e in epsilons
+                },
+                "median_l2": float(np.median(l2)),
+                "mean_l2": float(finite.mean()) if len(finite) else math.inf,
+                "found": int(len(finite)),
+                "mean_query_l2": float(np.mean(at_query)) if at_query else math.nan,
+            }
+        )
     return rows
 
 
 def image_seed(seed: int, index: int) -> int:
     """A per-image attack seed derived from the run seed and the image index."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-
-

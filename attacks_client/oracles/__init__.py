@@ -19,6 +19,16 @@ from attacks_client.oracles.http import HttpOracle
 from attacks_client.oracles.recording import RecordingOracle
 from attacks_client.oracles.repeat import RepeatOracle
 
-__all__ = ["ArtBridge", "BudgetExhausted", "FunctionOracle", "HttpOracle", "Oracle",
-           "OracleError", "OracleWrapper", "RecordingOracle", "RepeatOracle",
-           "ScoresUnavailable", "art_classifier"]
+__all__ = [
+    "ArtBridge",
+    "BudgetExhausted",
+    "FunctionOracle",
+    "HttpOracle",
+    "Oracle",
+    "OracleError",
+    "OracleWrapper",
+    "RecordingOracle",
+    "RepeatOracle",
+    "ScoresUnavailable",
+    "art_classifier",
+]

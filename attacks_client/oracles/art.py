@@ -45,8 +45,9 @@ from attacks_client.oracles.base import BudgetExhausted, Oracle, ScoresUnavailab
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = ("the ART adapter needs the Adversarial Robustness Toolbox: "
-                "pip install 'snd-gateway[parity]'")
+INSTALL_HINT = (
+    "the ART adapter needs the Adversarial Robustness Toolbox: pip install 'snd-gateway[parity]'"
+)
 
 
 def numpy2_shims() -> None:
@@ -97,8 +98,9 @@ class ArtBridge:
     oracle; ``True`` over a label-only oracle is :class:`ScoresUnavailable`.
     """
 
-    def __init__(self, oracle: Oracle, *, budget: int | None = None,
-                 scores: bool | None = None) -> None:
+    def __init__(
+        self, oracle: Oracle, *, budget: int | None = None, scores: bool | None = None
+    ) -> None:
         if budget is not None and budget < 0:
             raise ValueError("budget must be non-negative")
         if scores and not oracle.has_scores:
@@ -112,12 +114,19 @@ class ArtBridge:
         if self.scores:
             _, neural_network = _art_classes()
             self.classifier: Any = neural_network(
-                self._predict, input_shape=shape, nb_classes=oracle.num_classes,
-                channels_first=True, clip_values=(0.0, 1.0))
+                self._predict,
+                input_shape=shape,
+                nb_classes=oracle.num_classes,
+                channels_first=True,
+                clip_values=(0.0, 1.0),
+            )
         else:
             self.classifier = _label_classifier_type()(
-                self._predict, input_shape=shape, nb_classes=oracle.num_classes,
-                clip_values=(0.0, 1.0))
+                self._predict,
+                input_shape=shape,
+                nb_classes=oracle.num_classes,
+                clip_values=(0.0, 1.0),
+            )
         self.classifier.bridge = self
 
     @property
@@ -146,8 +155,7 @@ class ArtBridge:
             self.requests += int(sent > 0)
 
 
-def art_classifier(oracle: Oracle, *, budget: int | None = None,
-                   scores: bool | None = None) -> Any:
+def art_classifier(oracle: Oracle, *, budget: int | None = None, scores: bool | None = None) -> Any:
     """The ART classifier of ``ArtBridge(oracle, budget=budget, scores=scores)``; its bridge (for
     the counts) is the classifier's ``bridge`` attribute."""
     return ArtBridge(oracle, budget=budget, scores=scores).classifier

@@ -70,8 +70,9 @@ class HttpOracle:
         self.requests = 0
         self.server_queries: int | None = None
         headers = {"X-API-Key": api_key} if api_key else {}
-        self._client = httpx.Client(base_url=self.url, headers=headers, timeout=timeout,
-                                    transport=transport)
+        self._client = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+        )
         info = self._model_info(model)
         self.model: str = str(info["name"])
         self.input_shape: tuple[int, int, int] = tuple(info["input_shape"])  # type: ignore[assignment]
@@ -143,9 +144,13 @@ class HttpOracle:
         buffer = io.BytesIO()
         np.save(buffer, np.zeros((0, *self.input_shape), np.float32), allow_pickle=False)
         try:
-            self._send("POST", "/predict", content=buffer.getvalue(),
-                       params={"model": self.model, "output": "label"},
-                       headers={"Content-Type": "application/x-npy"})
+            self._send(
+                "POST",
+                "/predict",
+                content=buffer.getvalue(),
+                params={"model": self.model, "output": "label"},
+                headers={"Content-Type": "application/x-npy"},
+            )
         except OracleError as exc:
             if "refused the API key" in str(exc):
                 self.close()
@@ -183,7 +188,9 @@ class HttpOracle:
         buffer = io.BytesIO()
         np.save(buffer, chunk, allow_pickle=False)
         response = self._send(
-            "POST", "/predict", content=buffer.getvalue(),
+            "POST",
+            "/predict",
+            content=buffer.getvalue(),
             params={"model": self.model, "output": output},
             headers={"Content-Type": "application/x-npy"},
         )
@@ -201,14 +208,19 @@ class HttpOracle:
             try:
                 response = self._client.request(method, path, **kwargs)
             except httpx.TimeoutException:
-                raise OracleError(f"{self.url} did not answer within "
-                                  f"{self._client.timeout.read}s") from None
+                raise OracleError(
+                    f"{self.url} did not answer within {self._client.timeout.read}s"
+                ) from None
             except httpx.TransportError as exc:
                 raise OracleError(f"cannot reach {self.url} ({type(exc).__name__})") from None
             if response.status_code == 503 and attempt < self.retries:
                 delay = _retry_after(response)
-                log.warning("%s answered 503 (%s); retrying in %.1fs",
-                            self.url, _error_message(response)[1], delay)
+                log.warning(
+                    "%s answered 503 (%s); retrying in %.1fs",
+                    self.url,
+                    _error_message(response)[1],
+                    delay,
+                )
                 time.sleep(delay)
                 continue
             if response.is_success:
@@ -231,8 +243,10 @@ class HttpOracle:
         if status == 404 and code == "unknown_model":
             raise OracleError(message)
         if status == 404:
-            raise OracleError(f"{self.url} has no such route ({response.request.url.path}); "
-                              "is this an SND gateway?")
+            raise OracleError(
+                f"{self.url} has no such route ({response.request.url.path}); "
+                "is this an SND gateway?"
+            )
         if status == 503:
             raise OracleError(f"{self.url} is unavailable: {message}")
         raise OracleError(f"{self.url} answered {status} {code}: {message}".rstrip(": "))

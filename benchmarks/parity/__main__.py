@@ -35,21 +35,31 @@ from benchmarks.parity.page import write_page
 
 log = logging.getLogger("benchmarks.parity")
 
-ENDPOINTS = {"none": {"kind": "none"}, "snd-0.001": {"kind": "snd", "sigma": 0.001},
-             "snd-0.01": {"kind": "snd", "sigma": 0.01}}
+ENDPOINTS = {
+    "none": {"kind": "none"},
+    "snd-0.001": {"kind": "snd", "sigma": 0.001},
+    "snd-0.01": {"kind": "snd", "sigma": 0.01},
+}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.parity", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.parity",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--budget", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
     parser.add_argument("--endpoints", nargs="+", default=list(ENDPOINTS), choices=ENDPOINTS)
     parser.add_argument("--eval-draws", type=int, default=10)
-    parser.add_argument("--inprocess-images", type=int, default=5,
-                        help="images of the in-process ART speed runs (none endpoint)")
+    parser.add_argument(
+        "--inprocess-images",
+        type=int,
+        default=5,
+        help="images of the in-process ART speed runs (none endpoint)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="runs at once (processes)")
     parser.add_argument("--time-limit", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--out", type=Path, default=Path("runs/parity"))
@@ -71,8 +81,9 @@ def judge(record: dict[str, Any], judges: dict[str, HttpOracle], draws: int) -> 
     record["wrong_votes"] = 0
     if candidate is not None:
         endpoint = record["endpoint"] if record["implementation"] != "art-inprocess" else "none"
-        ((majority, votes),) = majority_misclassified(judges[endpoint], [candidate],
-                                                      record["label"], draws)
+        ((majority, votes),) = majority_misclassified(
+            judges[endpoint], [candidate], record["label"], draws
+        )
         record["defended"], record["wrong_votes"] = majority, votes
         record["h"] = bool(judges["none"].labels(candidate[None])[0] != record["label"])
     return record
@@ -86,26 +97,50 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / "records.jsonl"
     records = load_records(path)
     data = load_images("embedded")
-    models = [{"name": name, "zoo": "resnet20-mnist", "defense": defense}
-              for name, defense in ENDPOINTS.items() if name in args.endpoints or name == "none"]
+    models = [
+        {"name": name, "zoo": "resnet20-mnist", "defense": defense}
+        for name, defense in ENDPOINTS.items()
+        if name in args.endpoints or name == "none"
+    ]
     settings = {"models": models, "workers": 2, "torch_threads": 1}
     with LocalService(settings) as service:
-        judges = {name: HttpOracle(service.url, name) for name in ENDPOINTS
-                  if name in args.endpoints or name == "none"}
+        judges = {
+            name: HttpOracle(service.url, name)
+            for name in ENDPOINTS
+            if name in args.endpoints or name == "none"
+        }
         samples = select_images(data, args.images, args.seed, judges["none"])
         images = [s.index for s in samples]
         labels = {s.index: s.label for s in samples}
-        jobs = [Job(a, impl, e, i, labels[i], args.budget, args.seed + i, args.time_limit)
-                for a in args.attacks for e in args.endpoints for i in images
-                for impl in ("ours", "art")]
-        jobs += [Job(a, "art-inprocess", "none", i, labels[i], args.budget, args.seed + i,
-                     args.time_limit) for a in args.attacks
-                 for i in images[: args.inprocess_images]]
+        jobs = [
+            Job(a, impl, e, i, labels[i], args.budget, args.seed + i, args.time_limit)
+            for a in args.attacks
+            for e in args.endpoints
+            for i in images
+            for impl in ("ours", "art")
+        ]
+        jobs += [
+            Job(
+                a,
+                "art-inprocess",
+                "none",
+                i,
+                labels[i],
+                args.budget,
+                args.seed + i,
+                args.time_limit,
+            )
+            for a in args.attacks
+            for i in images[: args.inprocess_images]
+        ]
         todo = [j for j in jobs if j.key not in records]
         log.info("%d runs, %d already done", len(jobs), len(jobs) - len(todo))
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(args.workers, mp_context=context) as pool, \
-                path.open("a") as out, tqdm(total=len(todo), desc="parity", unit="run") as bar:
+        with (
+            ProcessPoolExecutor(args.workers, mp_context=context) as pool,
+            path.open("a") as out,
+            tqdm(total=len(todo), desc="parity", unit="run") as bar,
+        ):
             futures = {}
             for job in todo:
                 fn = run_inprocess if job.implementation == "art-inprocess" else run_job
@@ -116,12 +151,12 @@ def main(argv: list[str] | None = None) -> int:
                 out.write(json.dumps(record) + "\n")
                 out.flush()
                 bar.update(1)
-                bar.set_postfix_str(f"{record['attack']}/{record['implementation']}"
-                                    f"@{record['endpoint']}")
+                bar.set_postfix_str(
+                    f"{record['attack']}/{record['implementation']}@{record['endpoint']}"
+                )
         for oracle in judges.values():
             oracle.close()
-    command = "python -m benchmarks.parity " + " ".join(argv if argv is not None
-                                                         else sys.argv[1:])
+    command = "python -m benchmarks.parity " + " ".join(argv if argv is not None else sys.argv[1:])
     write_page(args.page, records, args, images, command.strip())
     log.info("wrote %s", args.page)
     return 0
@@ -129,4 +164,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -53,14 +53,20 @@ def _hsja(bridge: ArtBridge, x: np.ndarray, label: int) -> tuple[np.ndarray | No
     class Recording(HopSkipJump):  # type: ignore[misc]
         current: np.ndarray | None = None
 
-        def _binary_search(self, current_sample: np.ndarray, *args: Any,
-                           threshold: float | None = None, **kwargs: Any) -> np.ndarray:
+        def _binary_search(
+            self,
+            current_sample: np.ndarray,
+            *args: Any,
+            threshold: float | None = None,
+            **kwargs: Any,
+        ) -> np.ndarray:
             if threshold is None:  # the per-iteration bisection, not the start's (0.001)
                 self.current = np.array(current_sample, np.float32)
             return super()._binary_search(current_sample, *args, threshold=threshold, **kwargs)
 
-    attack = Recording(bridge.classifier, max_iter=64, max_eval=10_000, init_eval=100,
-                       init_size=100, verbose=False)
+    attack = Recording(
+        bridge.classifier, max_iter=64, max_eval=10_000, init_eval=100, init_size=100, verbose=False
+    )
     y = np.eye(bridge.classifier.nb_classes, dtype=np.float32)[[label]]  # spares ART a query
     try:
         out = attack.generate(x[None], y=y)[0].astype(np.float32)
@@ -71,8 +77,9 @@ def _hsja(bridge: ArtBridge, x: np.ndarray, label: int) -> tuple[np.ndarray | No
     return out, "converged", True
 
 
-def run_art(name: str, oracle: Oracle, x0: np.ndarray, label: int,
-            budget: int) -> tuple[np.ndarray | None, str, bool]:
+def run_art(
+    name: str, oracle: Oracle, x0: np.ndarray, label: int, budget: int
+) -> tuple[np.ndarray | None, str, bool]:
     """``(candidate or None, stop reason, found a start)`` of ART's ``name`` on ``x0``."""
     from art.attacks.evasion import BoundaryAttack, SignOPTAttack, SimBA
 
@@ -87,15 +94,26 @@ def run_art(name: str, oracle: Oracle, x0: np.ndarray, label: int,
     if name == "boundary":
         attack = BoundaryAttack(bridge.classifier, targeted=False, verbose=False)
     elif name == "sign-opt":
-        attack = SignOPTAttack(bridge.classifier, targeted=False,
-                               query_limit=max(budget - SIGN_OPT_MARGIN, 100), verbose=False)
+        attack = SignOPTAttack(
+            bridge.classifier,
+            targeted=False,
+            query_limit=max(budget - SIGN_OPT_MARGIN, 100),
+            verbose=False,
+        )
     elif name == "geoda":
-        attack = art_geoda(bridge.classifier, max_iter=max(int(GEODA_SHARE * budget), 300),
-                           verbose=False)
+        attack = art_geoda(
+            bridge.classifier, max_iter=max(int(GEODA_SHARE * budget), 300), verbose=False
+        )
     elif name in ("simba", "simba-dct"):
-        attack = SimBA(bridge.classifier, attack="px" if name == "simba" else "dct",
-                       max_iter=max((budget - 2) // 2, 1), epsilon=0.2, freq_dim=4, stride=1,
-                       targeted=False)
+        attack = SimBA(
+            bridge.classifier,
+            attack="px" if name == "simba" else "dct",
+            max_iter=max((budget - 2) // 2, 1),
+            epsilon=0.2,
+            freq_dim=4,
+            stride=1,
+            targeted=False,
+        )
     else:
         raise KeyError(f"no ART counterpart of {name!r}")
     try:

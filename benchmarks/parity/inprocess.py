@@ -44,5 +44,6 @@ def run_inprocess(job: Job, url: str, image: np.ndarray) -> dict[str, Any]:
         candidate, stop, started = None, "time-limit", True
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-    return make_record(job, image, candidate, oracle.queries, stop, started,
-                       time.perf_counter() - start)
+    return make_record(
+        job, image, candidate, oracle.queries, stop, started, time.perf_counter() - start
+    )

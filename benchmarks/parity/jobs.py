@@ -58,12 +58,14 @@ def run_job(job: Job, url: str, image: np.ndarray) -> dict[str, Any]:
     queries = 0
     try:
         scores = job.attack in SCORE_ATTACKS
-        with HttpOracle(url, job.endpoint, output="scores" if scores else "label",
-                        budget=job.budget) as oracle:
+        with HttpOracle(
+            url, job.endpoint, output="scores" if scores else "label", budget=job.budget
+        ) as oracle:
             try:
                 if job.implementation == "ours":
-                    result = get_attack(job.attack)()(oracle, image, job.label, job.budget,
-                                                      seed=job.seed)
+                    result = get_attack(job.attack)()(
+                        oracle, image, job.label, job.budget, seed=job.seed
+                    )
                     candidate, stop = result.final_candidate, result.stop_reason
                     # a score attack needs no start; a decision attack's first update is one
                     started = scores or bool(result.updates)
@@ -71,26 +73,42 @@ def run_job(job: Job, url: str, image: np.ndarray) -> dict[str, Any]:
                     from benchmarks.parity.art_runs import run_art
 
                     np.random.seed(job.seed)  # ART draws from NumPy's global generator
-                    candidate, stop, started = run_art(job.attack, oracle, image, job.label,
-                                                       job.budget)
+                    candidate, stop, started = run_art(
+                        job.attack, oracle, image, job.label, job.budget
+                    )
             except TimeLimit:
                 stop = "time-limit"
             queries = oracle.queries
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-    return make_record(job, image, candidate, queries, stop, started,
-                       time.perf_counter() - start)
+    return make_record(job, image, candidate, queries, stop, started, time.perf_counter() - start)
 
 
-def make_record(job: Job, image: np.ndarray, candidate: np.ndarray | None, queries: int,
-                stop: str, started: bool, seconds: float) -> dict[str, Any]:
+def make_record(
+    job: Job,
+    image: np.ndarray,
+    candidate: np.ndarray | None,
+    queries: int,
+    stop: str,
+    started: bool,
+    seconds: float,
+) -> dict[str, Any]:
     """The record of one run, before the parent adds its verdicts."""
     l2 = None if candidate is None else float(np.linalg.norm(candidate - image))
-    return {"attack": job.attack, "implementation": job.implementation,
-            "endpoint": job.endpoint, "image": job.image, "label": job.label,
-            "budget": job.budget, "queries": queries, "stop_reason": stop, "started": started,
-            "seconds": round(seconds, 3), "l2": l2,
-            "candidate": None if candidate is None else candidate.astype(np.float32)}
+    return {
+        "attack": job.attack,
+        "implementation": job.implementation,
+        "endpoint": job.endpoint,
+        "image": job.image,
+        "label": job.label,
+        "budget": job.budget,
+        "queries": queries,
+        "stop_reason": stop,
+        "started": started,
+        "seconds": round(seconds, 3),
+        "l2": l2,
+        "candidate": None if candidate is None else candidate.astype(np.float32),
+    }
 
 
 __all__ = ["ATTACKS", "BudgetExhausted", "Job", "TimeLimit", "make_record", "run_job"]

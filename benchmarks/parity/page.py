@@ -40,18 +40,31 @@ Command: `{command}`. Machine: {machine}.
 """
 
 
-def write_page(path: Path, records: dict[tuple[str, str, str, int], dict[str, Any]],
-               args: argparse.Namespace, images: list[int], command: str) -> None:
-    text = INTRO.format(seed=args.seed, budget=args.budget, draws=args.eval_draws,
-                        margin=100 * SUCCESS_MARGIN, ratio=L2_RATIO, command=command,
-                        machine=machine())
+def write_page(
+    path: Path,
+    records: dict[tuple[str, str, str, int], dict[str, Any]],
+    args: argparse.Namespace,
+    images: list[int],
+    command: str,
+) -> None:
+    text = INTRO.format(
+        seed=args.seed,
+        budget=args.budget,
+        draws=args.eval_draws,
+        margin=100 * SUCCESS_MARGIN,
+        ratio=L2_RATIO,
+        command=command,
+        machine=machine(),
+    )
     text += "\n## Judged by the defended endpoint (majority of noisy draws)\n\n"
     text += parity_table(records, args.attacks, args.endpoints, images, "defended")
     text += "\n## Judged by the noise-free model h\n\n"
     text += parity_table(records, args.attacks, args.endpoints, images, "h")
-    text += ("\n## Speed: seconds per image at the same budget (endpoint `none`)\n\n"
-             f"ART in-process runs the same network as a local function (first "
-             f"{args.inprocess_images} images), no HTTP and no server.\n\n")
+    text += (
+        "\n## Speed: seconds per image at the same budget (endpoint `none`)\n\n"
+        f"ART in-process runs the same network as a local function (first "
+        f"{args.inprocess_images} images), no HTTP and no server.\n\n"
+    )
     text += speed_table(records, args.attacks, "none")
     text += _kept_reading(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,8 +43,9 @@ def _l2(value: float) -> str:
     return "∞" if math.isinf(value) else ("–" if math.isnan(value) else f"{value:.3f}")
 
 
-def compare(records: Records, attack: str, endpoint: str, images: list[int],
-            rule: str) -> dict[str, Any]:
+def compare(
+    records: Records, attack: str, endpoint: str, images: list[int], rule: str
+) -> dict[str, Any]:
     """The cell of ``attack`` at ``endpoint``: both implementations on the shared images."""
     pairs = []
     left_out: dict[str, int] = defaultdict(int)
@@ -71,19 +72,23 @@ def compare(records: Records, attack: str, endpoint: str, images: list[int],
             "seconds": statistics.mean(r["seconds"] for r in rows) if rows else math.nan,
         }
     n = cell["n"]
-    ok_success = all(cell["ours"]["hits"][e] >= cell["art"]["hits"][e] - SUCCESS_MARGIN * n
-                     for e in EPSILONS)
+    ok_success = all(
+        cell["ours"]["hits"][e] >= cell["art"]["hits"][e] - SUCCESS_MARGIN * n for e in EPSILONS
+    )
     ours_l2, art_l2 = cell["ours"]["median_l2"], cell["art"]["median_l2"]
     ok_l2 = ours_l2 <= L2_RATIO * art_l2 or (math.isinf(ours_l2) and math.isinf(art_l2))
     cell["meets"] = n > 0 and ok_success and ok_l2
     return cell
 
 
-def parity_table(records: Records, attacks: list[str], endpoints: list[str],
-                 images: list[int], rule: str) -> str:
-    head = ("| Attack | Endpoint | Images | ε=1.5 ours | ε=1.5 ART | ε=2.0 ours | ε=2.0 ART "
-            "| median L2 ours | median L2 ART | queries ours | queries ART | s/image ours "
-            "| s/image ART | target met | left out |")
+def parity_table(
+    records: Records, attacks: list[str], endpoints: list[str], images: list[int], rule: str
+) -> str:
+    head = (
+        "| Attack | Endpoint | Images | ε=1.5 ours | ε=1.5 ART | ε=2.0 ours | ε=2.0 ART "
+        "| median L2 ours | median L2 ART | queries ours | queries ART | s/image ours "
+        "| s/image ART | target met | left out |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for attack in attacks:
         for endpoint in endpoints:
@@ -96,21 +101,31 @@ def parity_table(records: Records, attacks: list[str], endpoints: list[str],
                 f"{_rate(art['hits'][2.0], n)} | {_l2(ours['median_l2'])} | "
                 f"{_l2(art['median_l2'])} | {ours['queries']:.0f} | {art['queries']:.0f} | "
                 f"{ours['seconds']:.2f} | {art['seconds']:.2f} | "
-                f"{'yes' if c['meets'] else '**no**'} | {left} |")
+                f"{'yes' if c['meets'] else '**no**'} | {left} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def speed_table(records: Records, attacks: list[str], endpoint: str) -> str:
     """Seconds per image: ours over HTTP, ART over HTTP, ART in-process, with queries."""
-    lines = ["| Attack | ours over HTTP: s/image (queries) | ART over HTTP | ART in-process "
-             "| ours HTTP ÷ ART in-process (s per query) |", "|---|---|---|---|---|"]
+    lines = [
+        "| Attack | ours over HTTP: s/image (queries) | ART over HTTP | ART in-process "
+        "| ours HTTP ÷ ART in-process (s per query) |",
+        "|---|---|---|---|---|",
+    ]
     for attack in attacks:
         cells = []
         per_query = []
         for impl in ("ours", "art", "art-inprocess"):
-            rows = [r for (a, i, e, _), r in records.items()
-                    if a == attack and i == impl and e == endpoint and r["started"]
-                    and r["stop_reason"] != "time-limit"]
+            rows = [
+                r
+                for (a, i, e, _), r in records.items()
+                if a == attack
+                and i == impl
+                and e == endpoint
+                and r["started"]
+                and r["stop_reason"] != "time-limit"
+            ]
             if not rows:
                 cells.append("–")
                 per_query.append(math.nan)
@@ -120,6 +135,7 @@ def speed_table(records: Records, attacks: list[str], endpoint: str) -> str:
             cells.append(f"{seconds:.2f} ({queries:.0f}; n={len(rows)})")
             per_query.append(seconds / queries if queries else math.nan)
         ratio = per_query[0] / per_query[2] if per_query[2] else math.nan
-        lines.append(f"| {attack} | {' | '.join(cells)} | "
-                     f"{'–' if math.isnan(ratio) else f'{ratio:.2f}'} |")
+        lines.append(
+            f"| {attack} | {' | '.join(cells)} | {'–' if math.isnan(ratio) else f'{ratio:.2f}'} |"
+        )
     return "\n".join(lines) + "\n"

@@ -54,8 +54,10 @@ def main(root: Path) -> None:
                 ratio = f" {np.median(l2[:, -1] / wb):.2f} |"
             print(f"| {ATTACKS[attack]} | {len(recs)} | {cells} |{ratio}")
         for eps in EPSILONS:
-            print(f"\n#### Success rate at ε = {eps} (defense: {defense}; evaluator: majority "
-                  "of 10 draws)\n")
+            print(
+                f"\n#### Success rate at ε = {eps} (defense: {defense}; evaluator: majority "
+                "of 10 draws)\n"
+            )
             print(f"| attack | {heads} |")
             print("|---|" + "---|" * len(checkpoints))
             for attack, recs in runs.items():

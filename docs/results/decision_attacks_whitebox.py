@@ -20,8 +20,9 @@ from service.datasets import mnist_subset
 from service.models.registry import get_spec
 
 
-def pgd_succeeds(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
-                 steps: int = 100) -> torch.Tensor:
+def pgd_succeeds(
+    net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, steps: int = 100
+) -> torch.Tensor:
     """Per image: does L2 PGD within ``eps`` (one radius per image) misclassify it?"""
     radius = eps.view(-1, 1, 1, 1)
     delta = torch.zeros_like(x, requires_grad=True)

@@ -89,9 +89,12 @@ class RandomResizePad:
         for step in draws[:, 0].unique().tolist():
             idx = (draws[:, 0] == step).nonzero().flatten()
             size = (low_h + step, low_w + step)
-            resized = F.interpolate(x[idx], size=size, mode=self.interpolation,
-                                    **({"align_corners": False}
-                                       if self.interpolation == "bilinear" else {}))
+            resized = F.interpolate(
+                x[idx],
+                size=size,
+                mode=self.interpolation,
+                **({"align_corners": False} if self.interpolation == "bilinear" else {}),
+            )
             for j, i in enumerate(idx.tolist()):
                 top, left = int(draws[i, 1]), int(draws[i, 2])
                 out[i, :, top : top + size[0], left : left + size[1]] = resized[j]

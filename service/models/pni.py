@@ -61,8 +61,15 @@ class PNIConv2d(nn.Conv2d, _PNIMixin):
         # one weight per image: a grouped convolution over the images stacked as channels
         w = self._noisy_weight(n).flatten(0, 1)  # (n * out, in / groups, kh, kw)
         bias = None if self.bias is None else self.bias.repeat(n)
-        out = F.conv2d(x.reshape(1, -1, *x.shape[2:]), w, bias, self.stride, self.padding,
-                       self.dilation, self.groups * n)
+        out = F.conv2d(
+            x.reshape(1, -1, *x.shape[2:]),
+            w,
+            bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups * n,
+        )
         return out.view(n, self.out_channels, *out.shape[2:])
 
 
@@ -85,9 +92,16 @@ class PNILinear(nn.Linear, _PNIMixin):
 def _pni_copy(layer: nn.Module) -> nn.Module:
     new: nn.Module
     if isinstance(layer, nn.Conv2d):
-        new = PNIConv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
-                        stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
-                        groups=layer.groups, bias=layer.bias is not None)
+        new = PNIConv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            bias=layer.bias is not None,
+        )
     elif isinstance(layer, nn.Linear):
         new = PNILinear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     else:

@@ -43,9 +43,17 @@ class RSEConv2d(nn.Conv2d, NoiseSource):
 
 
 def _noisy_copy(conv: nn.Conv2d, noise_std: float) -> RSEConv2d:
-    noisy = RSEConv2d(conv.in_channels, conv.out_channels, conv.kernel_size,  # type: ignore[arg-type]
-                      stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                      groups=conv.groups, bias=conv.bias is not None, noise_std=noise_std)
+    noisy = RSEConv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,  # type: ignore[arg-type]
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        noise_std=noise_std,
+    )
     noisy.load_state_dict(conv.state_dict())
     return noisy
 
@@ -92,8 +100,14 @@ class RSEEnsemble(nn.Module):
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
 
-def rse_resnet20(in_channels: int = 1, num_classes: int = 10, *, sigma_init: float = SIGMA_INIT,
-                 sigma_inner: float = SIGMA_INNER, passes: int = PASSES) -> RSEEnsemble:
+def rse_resnet20(
+    in_channels: int = 1,
+    num_classes: int = 10,
+    *,
+    sigma_init: float = SIGMA_INIT,
+    sigma_inner: float = SIGMA_INNER,
+    passes: int = PASSES,
+) -> RSEEnsemble:
     """RSE ResNet-20 (the architecture of ``resnet20``, noisy convolutions), as an ensemble."""
     net = add_noise_layers(resnet20(in_channels, num_classes), sigma_init, sigma_inner)
     return RSEEnsemble(net, passes)

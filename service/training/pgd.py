@@ -71,8 +71,15 @@ def l2_pgd(
     return (best if use_best else adv).detach()
 
 
-def l2_pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-                    steps: int = 10, batch_size: int = 250) -> float:
+def l2_pgd_accuracy(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    steps: int = 10,
+    batch_size: int = 250,
+) -> float:
     """Accuracy of ``model`` (in its current mode) under L2 PGD at ``eps``."""
     correct = 0
     for i in range(0, len(y), batch_size):

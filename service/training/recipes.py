@@ -72,21 +72,27 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "resnet20-mnist-rse": Recipe(
-        epochs=15, reference="Liu et al. 2018; xuanqing94/RobustNet main_rse.py"),
+        epochs=15, reference="Liu et al. 2018; xuanqing94/RobustNet main_rse.py"
+    ),
     "resnet20-mnist-pni": Recipe(
-        epochs=10, no_decay=("alpha_w",),
+        epochs=10,
+        no_decay=("alpha_w",),
         adversarial=Adversarial(clean_weight=0.5, delay_epochs=1, labels="predicted"),
-        reference="He et al. 2019; elliothe/Parametric-Noise-Injection main.py"),
+        reference="He et al. 2019; elliothe/Parametric-Noise-Injection main.py",
+    ),
     "resnet20-mnist-pgdat": Recipe(
-        epochs=10, adversarial=Adversarial(delay_epochs=1),
-        reference="Madry et al. 2018; MadryLab/robustness (L2 PGD)"),
+        epochs=10,
+        adversarial=Adversarial(delay_epochs=1),
+        reference="Madry et al. 2018; MadryLab/robustness (L2 PGD)",
+    ),
 }
 
 ROBUST_EVAL_IMAGES, ROBUST_EVAL_STEPS = 200, 10
 
 
-def train_recipe(spec: ModelSpec, recipe: Recipe, train_set: ImageSet, *, seed: int,
-                 epochs: int | None = None) -> nn.Module:
+def train_recipe(
+    spec: ModelSpec, recipe: Recipe, train_set: ImageSet, *, seed: int, epochs: int | None = None
+) -> nn.Module:
     """Train ``spec`` by ``recipe``; returns the normalized model in eval mode."""
     epochs = recipe.epochs if epochs is None else epochs
     seed_everything(seed)
@@ -100,11 +106,17 @@ def train_recipe(spec: ModelSpec, recipe: Recipe, train_set: ImageSet, *, seed: 
     groups: list[dict[str, object]] = [{"params": plain}]
     if exempt:
         groups.append({"params": exempt, "weight_decay": 0.0})
-    opt = torch.optim.SGD(groups, lr=recipe.lr, momentum=0.9,  # type: ignore[arg-type]
-                          weight_decay=recipe.weight_decay, nesterov=True)
+    opt = torch.optim.SGD(
+        groups,
+        lr=recipe.lr,
+        momentum=0.9,  # type: ignore[arg-type]
+        weight_decay=recipe.weight_decay,
+        nesterov=True,
+    )
     per_epoch = (len(train_set) + recipe.batch_size - 1) // recipe.batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr,
-                                                total_steps=epochs * per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=recipe.lr, total_steps=epochs * per_epoch
+    )
     images, labels = torch.from_numpy(train_set.images), torch.from_numpy(train_set.labels)
     adv = recipe.adversarial
     bar = tqdm(total=epochs * per_epoch, desc=f"train {spec.name}", unit="step")
@@ -127,8 +139,10 @@ def train_recipe(spec: ModelSpec, recipe: Recipe, train_set: ImageSet, *, seed: 
                 model.train()
                 loss = F.cross_entropy(model(x_adv), y)
                 if clean_out is not None:
-                    loss = (adv.clean_weight * F.cross_entropy(clean_out, y)
-                            + (1 - adv.clean_weight) * loss)
+                    loss = (
+                        adv.clean_weight * F.cross_entropy(clean_out, y)
+                        + (1 - adv.clean_weight) * loss
+                    )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -153,9 +167,16 @@ def main_recipe(args: argparse.Namespace, command: str) -> None:
     """``python -m service.train --model <defended zoo entry>``: train, save, write the card."""
     spec, recipe = get_spec(args.model), RECIPES[args.model]
     epochs = recipe.epochs if args.epochs is None else args.epochs
-    recipe = Recipe(**{**asdict(recipe), "epochs": epochs, "adversarial": recipe.adversarial,
-                       "batch_size": args.batch_size, "lr": args.lr,
-                       "weight_decay": args.weight_decay})
+    recipe = Recipe(
+        **{
+            **asdict(recipe),
+            "epochs": epochs,
+            "adversarial": recipe.adversarial,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
+        }
+    )
     train_set, test_set = mnist_subset("victim-train"), mnist_subset("test")
     start = time.perf_counter()
     model = train_recipe(spec, recipe, train_set, seed=args.seed)
@@ -165,36 +186,69 @@ def main_recipe(args: argparse.Namespace, command: str) -> None:
     eps = recipe.adversarial.eps if recipe.adversarial else 1.5
     robust = robust_accuracy(model, test_set, eps, args.seed)
     seed_noise(model, None)
-    log.info("test accuracy %.2f%%, L2 PGD-%d accuracy at ε=%s: %.1f%%", accuracy * 100,
-             ROBUST_EVAL_STEPS, eps, robust * 100)
+    log.info(
+        "test accuracy %.2f%%, L2 PGD-%d accuracy at ε=%s: %.1f%%",
+        accuracy * 100,
+        ROBUST_EVAL_STEPS,
+        eps,
+        robust * 100,
+    )
 
     out = args.out or WEIGHTS_DIR / f"{spec.name}.pt"
     out.parent.mkdir(parents=True, exist_ok=True)
     hparams: dict[str, object] = {
-        "epochs": epochs, "batch_size": recipe.batch_size, "lr": recipe.lr,
-        "weight_decay": recipe.weight_decay, "shift": recipe.shift, "flip": False,
+        "epochs": epochs,
+        "batch_size": recipe.batch_size,
+        "lr": recipe.lr,
+        "weight_decay": recipe.weight_decay,
+        "shift": recipe.shift,
+        "flip": False,
     }
     if recipe.adversarial:
         hparams.update({f"pgd_{k}": v for k, v in asdict(recipe.adversarial).items()})
     if recipe.no_decay:
         hparams["no_decay"] = "+".join(recipe.no_decay)
-    meta = {"model": spec.name, "seed": args.seed, "test_accuracy": accuracy,
-            "l2_pgd_accuracy": robust, **hparams}
+    meta = {
+        "model": spec.name,
+        "seed": args.seed,
+        "test_accuracy": accuracy,
+        "l2_pgd_accuracy": robust,
+        **hparams,
+    }
     net: nn.Module = model.net  # type: ignore[assignment]
     torch.save({"state_dict": net.state_dict(), "meta": meta}, out)
     card = args.card or Path("docs") / f"model-card-{spec.name}.md"
     card.parent.mkdir(parents=True, exist_ok=True)
-    write_card(card, spec=spec, command=command, seed=args.seed, accuracy=accuracy,
-               test_size=len(test_set), checkpoint=out, hparams=hparams, seconds=seconds)
-    noisy = [("test accuracy noise", "randomized model: one draw with the noise seeded by "
-              "`seed`; 5-seed mean ± std in `docs/results/defenses.md`")]
-    _add_rows(card, [
-        ("defense reference", recipe.reference),
-        *(noisy if noise_sources(model) else []),
-        (f"L2 PGD-{ROBUST_EVAL_STEPS} accuracy",
-         f"{robust * 100:.1f}% at ε = {eps} on the first {ROBUST_EVAL_IMAGES} test images "
-         "(white-box, in-process, eval mode; `service.training.pgd`)"),
-    ])
+    write_card(
+        card,
+        spec=spec,
+        command=command,
+        seed=args.seed,
+        accuracy=accuracy,
+        test_size=len(test_set),
+        checkpoint=out,
+        hparams=hparams,
+        seconds=seconds,
+    )
+    noisy = [
+        (
+            "test accuracy noise",
+            "randomized model: one draw with the noise seeded by "
+            "`seed`; 5-seed mean ± std in `docs/results/defenses.md`",
+        )
+    ]
+    _add_rows(
+        card,
+        [
+            ("defense reference", recipe.reference),
+            *(noisy if noise_sources(model) else []),
+            (
+                f"L2 PGD-{ROBUST_EVAL_STEPS} accuracy",
+                f"{robust * 100:.1f}% at ε = {eps} on the first {ROBUST_EVAL_IMAGES} test images "
+                "(white-box, in-process, eval mode; `service.training.pgd`)",
+            ),
+        ],
+    )
     log.info("wrote %s (sha256 %s) and %s", out, sha256(out), card)
 
 

@@ -40,8 +40,12 @@ def keyed_server() -> Iterator[ServiceProcess]:
         "budgets": BUDGETS,
         "models": [
             {"name": "resnet20-mnist", "defense": {"kind": "none"}},
-            {"name": LABEL_ONLY_MODEL, "zoo": "resnet20-mnist", "defense": {"kind": "none"},
-             "label_only": True},
+            {
+                "name": LABEL_ONLY_MODEL,
+                "zoo": "resnet20-mnist",
+                "defense": {"kind": "none"},
+                "label_only": True,
+            },
         ],
     }
     with ServiceProcess(settings) as server:

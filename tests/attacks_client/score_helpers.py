@@ -52,8 +52,9 @@ def correct_images(count: int = 8) -> tuple[np.ndarray, np.ndarray]:
     return data.images[keep], data.labels[keep]
 
 
-def assert_converges_on_victim(attack: Attack, budget: int, epsilon: float,
-                               images: int = 3) -> None:
+def assert_converges_on_victim(
+    attack: Attack, budget: int, epsilon: float, images: int = 3
+) -> None:
     """``attack`` finds, within ``budget`` queries, an adversarial example within ``epsilon`` on
     each of the first ``images`` correctly classified test images of the embedded victim."""
     xs, labels = correct_images()
@@ -66,8 +67,9 @@ def assert_converges_on_victim(attack: Attack, budget: int, epsilon: float,
         assert result.final_l2 <= epsilon + 1e-4
 
 
-def linear_oracle(shape: tuple[int, int, int], seed: int = 0,
-                  scale: float = 1.0) -> tuple[FunctionOracle, np.ndarray, int]:
+def linear_oracle(
+    shape: tuple[int, int, int], seed: int = 0, scale: float = 1.0
+) -> tuple[FunctionOracle, np.ndarray, int]:
     """A random linear softmax classifier of ``shape`` inputs and an image it labels."""
     rng = np.random.default_rng(seed)
     dim = int(np.prod(shape))

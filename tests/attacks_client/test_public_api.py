@@ -14,7 +14,7 @@ PUBLIC = {"ATTACKS", "Attack", "AttackResult", "Experiment", "HttpOracle", "eval
 
 def example(text: str, marker: str) -> str:
     """The first ```python block after ``marker`` (or the indented one of a docstring)."""
-    after = text[text.index(marker):]
+    after = text[text.index(marker) :]
     fenced = re.search(r"```python\n(.*?)```", after, re.S)
     if fenced:
         return fenced.group(1)
@@ -39,4 +39,5 @@ def test_the_examples_run_against_a_real_server() -> None:
         with contextlib.redirect_stdout(out):
             exec(compile(code, "README example", "exec"), {})
     queries, l2 = out.getvalue().split()
-    assert 0 < int(queries) <= 1000 and 0 < float(l2) < 10
+    # image 1 is classified correctly, so the attack has work to do: a real, nonzero distance
+    assert int(queries) == 1000 and 0.1 < float(l2) < 10

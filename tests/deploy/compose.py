@@ -48,8 +48,11 @@ def read_env_file(path: Path = ENV_EXAMPLE) -> dict[str, str]:
 
 def variables_used(text: str) -> set[str]:
     """The names of the variables a compose file interpolates."""
-    return {m.group("name") or m.group("bare") for m in _VARIABLE.finditer(text)
-            if not m.group("escaped")}
+    return {
+        m.group("name") or m.group("bare")
+        for m in _VARIABLE.finditer(text)
+        if not m.group("escaped")
+    }
 
 
 def interpolate(value: Any, env: dict[str, str]) -> Any:

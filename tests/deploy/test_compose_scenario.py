@@ -39,8 +39,14 @@ from tests.servers import ROOT, RedisProcess, ServiceProcess, free_port
 
 SERVICES = ("defended", "undefended")
 # a smaller run of the compose experiment: same endpoints and attacks, fewer images and queries
-SMALLER = {"images": "2", "budget": "200", "checkpoints": "[100, 200]", "accuracy_images": "100",
-           "accuracy_repeats": "1", "pmis_samples": "50"}
+SMALLER = {
+    "images": "2",
+    "budget": "200",
+    "checkpoints": "[100, 200]",
+    "accuracy_images": "100",
+    "accuracy_repeats": "1",
+    "pmis_samples": "50",
+}
 
 
 def smaller_experiment(config: Path, out: Path) -> Path:
@@ -92,8 +98,10 @@ def test_compose_demo_as_processes(tmp_path: Path) -> None:
         for name, server in servers.items():
             port_env = os.environ | {"SND_PORT": str(server.port)}
             assert probe(image_probe, port_env) == 0, name
-            compose_probe = [arg.replace(":8000/", f":{server.port}/")
-                             for arg in compose[name]["healthcheck"]["test"]]
+            compose_probe = [
+                arg.replace(":8000/", f":{server.port}/")
+                for arg in compose[name]["healthcheck"]["test"]
+            ]
             assert probe(compose_probe) == 0, name
         assert probe(image_probe, os.environ | {"SND_PORT": str(free_port())}) != 0
 
@@ -113,8 +121,7 @@ def test_compose_demo_as_processes(tmp_path: Path) -> None:
         assert mounts["/reports"] == "./reports" and argv[out].startswith("/reports/")
         run_dir = reports / Path(argv[out]).relative_to("/reports")
         argv[out] = str(run_dir)
-        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=400)
+        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
         assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
         print(f"attacker: {time.monotonic() - started:.0f} s")
 
@@ -123,8 +130,11 @@ def test_compose_demo_as_processes(tmp_path: Path) -> None:
         assert "## Table 1: clean accuracy" in report
         for epsilon in ("1.0", "1.5", "2.0"):
             assert f"## Tables 2/3: attack success rate (%), ε = {epsilon}" in report
-        records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().split("\n")
-                   if line.strip()]
+        records = [
+            json.loads(line)
+            for line in (run_dir / "records.jsonl").read_text().split("\n")
+            if line.strip()
+        ]
         experiment = experiment_as_compose_sees_it(argv[config], attacker_env)
         assert len(records) == experiment.images * len(experiment.attacks) * len(SERVICES)
         for endpoint in experiment.endpoints:
@@ -137,8 +147,9 @@ def test_compose_demo_as_processes(tmp_path: Path) -> None:
             assert service in servers
             spent = sum(r["queries"] for r in records if r["endpoint"] == endpoint.name)
             assert spent > 0
-            usage = httpx.get(f"{servers[service].url}/usage/key:attacker", headers=admin,
-                              timeout=10).json()
+            usage = httpx.get(
+                f"{servers[service].url}/usage/key:attacker", headers=admin, timeout=10
+            ).json()
             assert usage["total"] == spent, (endpoint.name, usage)
             # and in Redis itself, in the service's own database
             db_url = local_redis(environment(compose[service])["SND_REDIS_URL"], store.port)
@@ -147,8 +158,9 @@ def test_compose_demo_as_processes(tmp_path: Path) -> None:
                 assert len(keys) == 1, keys
                 assert sum(map(int, client.hgetall(keys[0]).values())) == spent
             # the evaluator's queries (images, Table 1, verdicts) are counted apart
-            evaluator = httpx.get(f"{servers[service].url}/usage/key:evaluator",
-                                  headers=admin, timeout=10).json()
+            evaluator = httpx.get(
+                f"{servers[service].url}/usage/key:evaluator", headers=admin, timeout=10
+            ).json()
             assert evaluator["total"] > 0
 
 

@@ -87,7 +87,9 @@ def test_services_wait_for_redis_and_have_healthchecks(services: dict) -> None:
 def test_attacker_waits_for_both_healthy_services(services: dict) -> None:
     attacker = services["attacker"]
     assert {k: v["condition"] for k, v in attacker["depends_on"].items()} == {
-        "defended": "service_healthy", "undefended": "service_healthy"}
+        "defended": "service_healthy",
+        "undefended": "service_healthy",
+    }
     # the image's HEALTHCHECK probes a server; the attacker job runs none
     assert attacker["healthcheck"] == {"disable": True}
     assert attacker.get("restart", "no") == "no"
@@ -266,7 +268,7 @@ def test_dockerfile_base_user_port_command(dockerfile: list) -> None:
     assert user not in ("root", "0")
     # nothing runs as root after the switch, and the server is what starts by default
     keywords = [i.keyword for i in dockerfile]
-    assert "RUN" not in keywords[keywords.index("USER"):]
+    assert "RUN" not in keywords[keywords.index("USER") :]
     assert last(dockerfile, "EXPOSE").args == "8000"
     assert last(dockerfile, "CMD").exec_form() == ["python", "-m", "service", "--host", "0.0.0.0"]
 
@@ -291,8 +293,9 @@ def test_dockerfile_installs_with_the_readme_script(dockerfile: list) -> None:
     """The image's install is ``scripts/install.sh``, the same script ``scripts/test.sh`` (the
     README's test command) runs; and it installs the CPU torch, without venv or test extras."""
     args = {k: v or "" for k, v in arg_defaults(dockerfile).items()}
-    docker_calls = [call for i in dockerfile if i.keyword == "RUN"
-                    for call in install_calls(i.args, args)]
+    docker_calls = [
+        call for i in dockerfile if i.keyword == "RUN" for call in install_calls(i.args, args)
+    ]
     assert docker_calls, "the Dockerfile does not run scripts/install.sh"
     test_calls = install_calls((ROOT / "scripts/test.sh").read_text())
     assert len(test_calls) == 1
@@ -311,10 +314,19 @@ def test_dockerfile_installs_with_the_readme_script(dockerfile: list) -> None:
 
 def dry_run(env: dict[str, str], args: list[str]) -> str:
     """What ``scripts/install.sh`` would run with this environment (DRY_RUN=1)."""
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("VENV", "EXTRAS", "EDITABLE", "INSTALL_REDIS", "TORCH_INDEX")}
-    result = subprocess.run(["bash", "scripts/install.sh", *args], cwd=ROOT, text=True,
-                            env=base | env | {"DRY_RUN": "1"}, capture_output=True, check=True)
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("VENV", "EXTRAS", "EDITABLE", "INSTALL_REDIS", "TORCH_INDEX")
+    }
+    result = subprocess.run(
+        ["bash", "scripts/install.sh", *args],
+        cwd=ROOT,
+        text=True,
+        env=base | env | {"DRY_RUN": "1"},
+        capture_output=True,
+        check=True,
+    )
     return result.stdout
 
 
@@ -324,8 +336,11 @@ def test_scripts_parse() -> None:
 
 
 def test_dockerignore_keeps_local_state_and_secrets_out() -> None:
-    patterns = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")}
+    patterns = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert {".venv", ".git", "runs", ".env"} <= patterns
     for needed in ("service", "attacks_client", "experiments", "scripts", "pyproject.toml"):
         assert needed not in patterns
@@ -339,9 +354,22 @@ def test_the_package_carries_its_checkpoint(tmp_path: Path) -> None:
         shutil.copytree(ROOT / name, source / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "service/weights/resnet20-mnist.pt" in names

@@ -29,14 +29,16 @@ def test_url_and_url_env_together_are_an_error(monkeypatch: pytest.MonkeyPatch) 
 def test_url_env_and_serve_together_are_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOME_URL", "http://a:1")
     with pytest.raises(ValueError, match="'url' or 'serve'"):
-        EndpointConfig.from_dict({"name": "snd", "url_env": "SOME_URL",
-                                  "serve": {"defense": "none"}})
+        EndpointConfig.from_dict(
+            {"name": "snd", "url_env": "SOME_URL", "serve": {"defense": "none"}}
+        )
 
 
 def test_experiment_file_with_url_env(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PLAIN_URL", "http://127.0.0.1:9")
     path = tmp_path / "x.toml"
-    path.write_text('[[endpoints]]\nname = "none"\nurl_env = "PLAIN_URL"\n\n'
-                    '[[attacks]]\nname = "hsja"\n')
+    path.write_text(
+        '[[endpoints]]\nname = "none"\nurl_env = "PLAIN_URL"\n\n[[attacks]]\nname = "hsja"\n'
+    )
     experiment = Experiment.load(path)
     assert experiment.endpoints[0].url == "http://127.0.0.1:9"

@@ -36,16 +36,19 @@ def api_key(i: int) -> str:
 # machine, and the kernel spreads the requests over both workers
 NO_KEEPALIVE = httpx.Limits(max_connections=CALLERS, max_keepalive_connections=0)
 
-IMAGES = {n: np.random.default_rng(n).random((n, 1, 28, 28), dtype=np.float32).tobytes()
-          for n in range(1, 9)}
+IMAGES = {
+    n: np.random.default_rng(n).random((n, 1, 28, 28), dtype=np.float32).tobytes()
+    for n in range(1, 9)
+}
 
 
 async def predict(client: httpx.AsyncClient, key: str | None, n: int) -> httpx.Response:
     headers = {"Content-Type": "application/octet-stream"}
     if key is not None:
         headers["X-API-Key"] = key
-    return await client.post(f"/predict?output=label&shape={n},1,28,28", content=IMAGES[n],
-                             headers=headers)
+    return await client.post(
+        f"/predict?output=label&shape={n},1,28,28", content=IMAGES[n], headers=headers
+    )
 
 
 def usage_total(server: ServiceProcess, caller: str) -> int:
@@ -84,8 +87,9 @@ def test_counts_are_exact_under_concurrency_on_two_workers(two_workers: ServiceP
         return answered
 
     async def body() -> list[int]:
-        async with httpx.AsyncClient(base_url=two_workers.url, limits=NO_KEEPALIVE,
-                                     timeout=60) as client:
+        async with httpx.AsyncClient(
+            base_url=two_workers.url, limits=NO_KEEPALIVE, timeout=60
+        ) as client:
             return await asyncio.gather(*(caller(client, i) for i in range(CALLERS)))
 
     answered = asyncio.run(body())
@@ -102,12 +106,14 @@ def test_budget_is_exact_across_workers(two_workers: ServiceProcess) -> None:
     single-image requests against a budget of 37 images, exactly 37 are answered."""
     caller, key = "key:c49", api_key(49)
     httpx.delete(f"{two_workers.url}/usage/{caller}", headers=ADMIN_HEADERS).raise_for_status()
-    httpx.put(f"{two_workers.url}/usage/{caller}/budget", json={"budget": 37},
-              headers=ADMIN_HEADERS).raise_for_status()
+    httpx.put(
+        f"{two_workers.url}/usage/{caller}/budget", json={"budget": 37}, headers=ADMIN_HEADERS
+    ).raise_for_status()
 
     async def body() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=two_workers.url, limits=NO_KEEPALIVE,
-                                     timeout=60) as client:
+        async with httpx.AsyncClient(
+            base_url=two_workers.url, limits=NO_KEEPALIVE, timeout=60
+        ) as client:
             return await asyncio.gather(*(predict(client, key, 1) for _ in range(80)))
 
     statuses = Counter(r.status_code for r in asyncio.run(body()))
@@ -115,8 +121,9 @@ def test_budget_is_exact_across_workers(two_workers: ServiceProcess) -> None:
     assert usage_total(two_workers, caller) == 37
 
 
-async def load(url: str, key: str | None, stop: asyncio.Event, workers: int = 6
-               ) -> list[tuple[int, int]]:
+async def load(
+    url: str, key: str | None, stop: asyncio.Event, workers: int = 6
+) -> list[tuple[int, int]]:
     """(status, images) of every request sent until ``stop`` is set."""
     results: list[tuple[int, int]] = []
 
@@ -147,8 +154,11 @@ def test_redis_outage_under_load_fails_closed_and_recovers() -> None:
     test Redis runs without persistence)."""
     redis = RedisProcess().start()
     key = "outage-key"
-    settings = {"redis_url": redis.url, "api_keys": {sha256(key): "outage"},
-                "admin_token_sha256": sha256(ADMIN)}
+    settings = {
+        "redis_url": redis.url,
+        "api_keys": {sha256(key): "outage"},
+        "admin_token_sha256": sha256(ADMIN),
+    }
     restarted: RedisProcess | None = None
     try:
         with ServiceProcess(settings) as server:
@@ -178,8 +188,11 @@ def test_redis_outage_under_load_fails_closed_and_recovers() -> None:
             assert admin.status_code == 503 and admin.headers["Retry-After"]
 
             restarted = RedisProcess(port=redis.port).start()
-            wait_for(lambda: httpx.get(server.url + "/readyz").status_code == 200, 10,
-                     "readiness after the Redis restart")
+            wait_for(
+                lambda: httpx.get(server.url + "/readyz").status_code == 200,
+                10,
+                "readiness after the Redis restart",
+            )
             after = asyncio.run(phase())
             assert {s for s, _ in after} == {200}
             assert usage_total(server, "key:outage") == answered(after)

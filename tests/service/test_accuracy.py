@@ -29,9 +29,13 @@ def test_accuracy_over_http_matches_in_process(snd_server: ServiceProcess) -> No
     for i in range(0, len(test), 250):
         buf = io.BytesIO()
         np.save(buf, test.images[i : i + 250])
-        r = httpx.post(snd_server.url + "/predict", content=buf.getvalue(),
-                       params={"output": "label"},
-                       headers={"Content-Type": "application/x-npy"}, timeout=60)
+        r = httpx.post(
+            snd_server.url + "/predict",
+            content=buf.getvalue(),
+            params={"output": "label"},
+            headers={"Content-Type": "application/x-npy"},
+            timeout=60,
+        )
         assert r.status_code == 200
         labels.extend(r.json()["labels"])
     accuracy = float((np.array(labels) == test.labels).mean())

@@ -63,8 +63,9 @@ def test_requests_are_never_split_across_passes() -> None:
 
     async def scenario() -> None:
         batcher = DynamicBatcher(forward, ThreadPoolExecutor(1), max_images=10, max_wait_s=0.005)
-        await asyncio.gather(*(batcher.submit(np.zeros((4, 1, 2, 2), np.float32))
-                               for _ in range(9)))
+        await asyncio.gather(
+            *(batcher.submit(np.zeros((4, 1, 2, 2), np.float32)) for _ in range(9))
+        )
         await batcher.close()
 
     run(scenario())
@@ -76,10 +77,13 @@ def test_a_full_queue_refuses_new_work() -> None:
     forward = RecordingForward(delay=0.2)
 
     async def scenario() -> list[object]:
-        batcher = DynamicBatcher(forward, ThreadPoolExecutor(1), max_images=4, max_wait_s=0,
-                                 max_queue=8)
-        tasks = [asyncio.create_task(batcher.submit(np.zeros((4, 1, 2, 2), np.float32)))
-                 for _ in range(4)]
+        batcher = DynamicBatcher(
+            forward, ThreadPoolExecutor(1), max_images=4, max_wait_s=0, max_queue=8
+        )
+        tasks = [
+            asyncio.create_task(batcher.submit(np.zeros((4, 1, 2, 2), np.float32)))
+            for _ in range(4)
+        ]
         results: list[object] = list(await asyncio.gather(*tasks, return_exceptions=True))
         await batcher.close()
         return results
@@ -90,8 +94,9 @@ def test_a_full_queue_refuses_new_work() -> None:
 
 
 def test_merged_requests_get_independent_noise() -> None:
-    host = ModelHost.load(ModelSettings(defense={"kind": "snd", "sigma": 0.05}),
-                          torch.device("cpu"), False)
+    host = ModelHost.load(
+        ModelSettings(defense={"kind": "snd", "sigma": 0.05}), torch.device("cpu"), False
+    )
     image = mnist_subset("test").images[:1]
 
     async def scenario() -> list[np.ndarray]:
@@ -111,30 +116,42 @@ def sha(text: str) -> str:
 @pytest.mark.parametrize("batching", [True, False])
 def test_answers_and_counts_are_the_same_with_batching_on_and_off(batching: bool) -> None:
     keys = {f"caller{i}": f"key-{i}" for i in range(4)}
-    settings = {"defense": "none", "batching": batching, "admin_token_sha256": sha("admin"),
-                "api_keys": {sha(k): name for name, k in keys.items()}}
+    settings = {
+        "defense": "none",
+        "batching": batching,
+        "admin_token_sha256": sha("admin"),
+        "api_keys": {sha(k): name for name, k in keys.items()},
+    }
     images = mnist_subset("test").images[:32]
-    reference = ModelHost.load(ModelSettings(defense={"kind": "none"}), torch.device("cpu"),
-                               False).forward(images)
+    reference = ModelHost.load(
+        ModelSettings(defense={"kind": "none"}), torch.device("cpu"), False
+    ).forward(images)
 
     async def call(client: httpx.AsyncClient, i: int) -> np.ndarray:
         buf = io.BytesIO()
         np.save(buf, images[i : i + 1])
-        r = await client.post("/predict", content=buf.getvalue(), params={"output": "scores"},
-                              headers={"Content-Type": "application/x-npy",
-                                       "X-API-Key": f"key-{i % 4}"})
+        r = await client.post(
+            "/predict",
+            content=buf.getvalue(),
+            params={"output": "scores"},
+            headers={"Content-Type": "application/x-npy", "X-API-Key": f"key-{i % 4}"},
+        )
         assert r.status_code == 200
         return np.array(r.json()["scores"], np.float32)
 
     with ServiceProcess(settings) as server:
+
         async def scenario() -> list[np.ndarray]:
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
                 return await asyncio.gather(*(call(client, i) for i in range(32)))
 
         answers = np.concatenate(run(scenario()))
-        counts = [httpx.get(f"{server.url}/usage/key:caller{i}",
-                            headers={"Authorization": "Bearer admin"}).json()["total"]
-                  for i in range(4)]
+        counts = [
+            httpx.get(
+                f"{server.url}/usage/key:caller{i}", headers={"Authorization": "Bearer admin"}
+            ).json()["total"]
+            for i in range(4)
+        ]
     np.testing.assert_allclose(answers, reference, atol=1e-5)
     assert (answers.argmax(1) == reference.argmax(1)).all()
     assert counts == [8, 8, 8, 8]

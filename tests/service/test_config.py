@@ -15,8 +15,18 @@ from tests.servers import ROOT
 
 
 def test_flat_flags_build_one_model() -> None:
-    args = build_parser().parse_args(["--model", "resnet20-mnist", "--defense", "snd",
-                                      "--sigma", "0.02", "--label-only", "--clip"])
+    args = build_parser().parse_args(
+        [
+            "--model",
+            "resnet20-mnist",
+            "--defense",
+            "snd",
+            "--sigma",
+            "0.02",
+            "--label-only",
+            "--clip",
+        ]
+    )
     settings = Settings(**settings_from_args(args))
     (model,) = settings.models
     assert model.defense.kind == "snd" and model.defense.sigma == 0.02 and model.defense.clip
@@ -36,24 +46,39 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_several_models_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SND_MODELS", json.dumps([
-        {"name": "mnist-snd", "zoo": "resnet20-mnist", "defense": {"kind": "snd", "sigma": 0.01}},
-        {"name": "mnist-plain", "zoo": "resnet20-mnist", "defense": {"kind": "none"}},
-    ]))
+    monkeypatch.setenv(
+        "SND_MODELS",
+        json.dumps(
+            [
+                {
+                    "name": "mnist-snd",
+                    "zoo": "resnet20-mnist",
+                    "defense": {"kind": "snd", "sigma": 0.01},
+                },
+                {"name": "mnist-plain", "zoo": "resnet20-mnist", "defense": {"kind": "none"}},
+            ]
+        ),
+    )
     settings = Settings()
     assert [m.name for m in settings.models] == ["mnist-snd", "mnist-plain"]
     assert settings.models[1].zoo_name == "resnet20-mnist"
 
 
-@pytest.mark.parametrize("bad", [{"sigma": -1}, {"defense": "magic"},
-                                 {"api_keys": {"short": "alice"}}])
+@pytest.mark.parametrize(
+    "bad", [{"sigma": -1}, {"defense": "magic"}, {"api_keys": {"short": "alice"}}]
+)
 def test_invalid_settings_are_refused(bad: dict) -> None:
     with pytest.raises(ValidationError):
         Settings(**bad)
 
 
 def test_help_lists_every_setting() -> None:
-    out = subprocess.run([sys.executable, "-m", "service", "--help"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "service", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for flag in ("--sigma", "--defense", "--label-only", "--redis-url", "--workers"):
         assert flag in out

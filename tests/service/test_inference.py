@@ -14,8 +14,13 @@ from service.inference import ModelHost, ModelPool
 CPU = torch.device("cpu")
 
 
-def load(defense: dict[str, object], zoo: str = "resnet20-mnist", *, graph: str = "eager",
-         chunk_images: int = 0) -> ModelHost:
+def load(
+    defense: dict[str, object],
+    zoo: str = "resnet20-mnist",
+    *,
+    graph: str = "eager",
+    chunk_images: int = 0,
+) -> ModelHost:
     settings = ModelSettings(zoo=zoo, defense=defense)  # type: ignore[arg-type]
     return ModelHost.load(settings, CPU, False, graph=graph, chunk_images=chunk_images)
 

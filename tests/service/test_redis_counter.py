@@ -110,27 +110,33 @@ def test_concurrent_charges_are_atomic(redis_server: RedisProcess) -> None:
     sizes = [rng.randint(1, 8) for _ in range(400)]
 
     async def body() -> None:
-        clients = [RedisCounter(redis_server.url, prefix=prefix, timeout=GENEROUS)
-                   for _ in range(4)]
+        clients = [
+            RedisCounter(redis_server.url, prefix=prefix, timeout=GENEROUS) for _ in range(4)
+        ]
         budget = 500
-        results = await asyncio.gather(*(
-            clients[i % 4].charge("key:race", f"m{i % 3}", n, budget) for i, n in enumerate(sizes)
-        ))
+        results = await asyncio.gather(
+            *(
+                clients[i % 4].charge("key:race", f"m{i % 3}", n, budget)
+                for i, n in enumerate(sizes)
+            )
+        )
         allowed = sum(n for n, r in zip(sizes, results, strict=True) if r.allowed)
         usage = await clients[0].usage("key:race")
         assert sum(usage.values()) == allowed <= budget
         assert all(r.used <= budget for r in results)
-        assert budget - allowed < min(n for n, r in zip(sizes, results, strict=True)
-                                      if not r.allowed)
+        assert budget - allowed < min(
+            n for n, r in zip(sizes, results, strict=True) if not r.allowed
+        )
         # single images against budget B: exactly B are allowed
-        singles = await asyncio.gather(*(
-            clients[i % 4].charge("key:singles", "m", 1, 37) for i in range(100)
-        ))
+        singles = await asyncio.gather(
+            *(clients[i % 4].charge("key:singles", "m", 1, 37) for i in range(100))
+        )
         assert sum(r.allowed for r in singles) == 37
         assert await clients[1].usage("key:singles") == {"m": 37}
         # without a budget every charge counts
-        await asyncio.gather(*(clients[i % 4].charge("key:free", "m", n, None)
-                               for i, n in enumerate(sizes)))
+        await asyncio.gather(
+            *(clients[i % 4].charge("key:free", "m", n, None) for i, n in enumerate(sizes))
+        )
         assert await clients[2].usage("key:free") == {"m": sum(sizes)}
         for client in clients:
             await client.close()
@@ -152,6 +158,7 @@ async def _script_calls(url: str) -> int:
 
 def _charges_observed() -> tuple[float, float]:
     """(script calls, charges) so far in the ``snd_accounting_charges_per_call`` histogram."""
+
     def value(name: str) -> float:
         return REGISTRY.get_sample_value(f"snd_accounting_charges_per_call_{name}") or 0.0
 
@@ -161,20 +168,24 @@ def _charges_observed() -> tuple[float, float]:
 def test_concurrent_charges_share_script_calls(redis_server: RedisProcess) -> None:
     """Charges made in one tick go to Redis together (far fewer script calls than charges),
     each still with its own budget check, in arrival order, and its own answer."""
+
     async def body() -> None:
-        counter = RedisCounter(redis_server.url, prefix=f"test-{uuid.uuid4().hex[:8]}:",
-                               timeout=GENEROUS)
+        counter = RedisCounter(
+            redis_server.url, prefix=f"test-{uuid.uuid4().hex[:8]}:", timeout=GENEROUS
+        )
         await counter.charge("key:warm", "m", 1, None)  # loads the script
         before = await _script_calls(redis_server.url)
         observed = _charges_observed()
-        results = await asyncio.gather(*(
-            counter.charge(f"key:{i % 2}", "m", 1 + i % 3, 40) for i in range(60)
-        ))
+        results = await asyncio.gather(
+            *(counter.charge(f"key:{i % 2}", "m", 1 + i % 3, 40) for i in range(60))
+        )
         calls = await _script_calls(redis_server.url) - before
         assert 1 <= calls <= 3
         # the snd_accounting_charges_per_call histogram saw the same calls and all 60 charges
-        assert tuple(a - b for a, b in zip(_charges_observed(), observed, strict=True)) \
-            == (calls, 60)
+        assert tuple(a - b for a, b in zip(_charges_observed(), observed, strict=True)) == (
+            calls,
+            60,
+        )
         for caller in (0, 1):
             mine = [(r, 1 + i % 3) for i, r in enumerate(results) if i % 2 == caller]
             # in arrival order: running totals, refusals only once the budget is near
@@ -184,8 +195,7 @@ def test_concurrent_charges_share_script_calls(redis_server: RedisProcess) -> No
             assert sum((await counter.usage(f"key:{caller}")).values()) == allowed <= 40
             assert all(40 - r.used < n for r, n in mine if not r.allowed)
         # a cancelled waiter does not break the others in its call
-        waiters = [asyncio.ensure_future(counter.charge("key:c", "m", 1, None))
-                   for _ in range(5)]
+        waiters = [asyncio.ensure_future(counter.charge("key:c", "m", 1, None)) for _ in range(5)]
         await asyncio.sleep(0)
         waiters[0].cancel()
         answers = await asyncio.gather(*waiters[1:])
@@ -197,8 +207,9 @@ def test_concurrent_charges_share_script_calls(redis_server: RedisProcess) -> No
 
 def test_a_retried_charge_or_refund_counts_once(redis_server: RedisProcess) -> None:
     async def body() -> None:
-        counter = RedisCounter(redis_server.url, prefix=f"test-{uuid.uuid4().hex[:8]}:",
-                               timeout=GENEROUS)
+        counter = RedisCounter(
+            redis_server.url, prefix=f"test-{uuid.uuid4().hex[:8]}:", timeout=GENEROUS
+        )
         first = await counter.charge_with_token("key:t", "m", 4, 5, "token-1")
         again = await counter.charge_with_token("key:t", "m", 4, 5, "token-1")
         assert first == again and first.allowed
@@ -227,16 +238,21 @@ def test_unreachable_redis_raises_quickly() -> None:
         start = time.monotonic()
         assert not await counter.ping()
         calls: list[Awaitable[object]] = [
-            counter.charge("key:x", "m", 1, None), counter.refund("key:x", "m", 1),
-            counter.usage("key:x"), counter.callers(), counter.reset("key:x"),
-            counter.get_budget("key:x"), counter.set_budget("key:x", 3),
+            counter.charge("key:x", "m", 1, None),
+            counter.refund("key:x", "m", 1),
+            counter.usage("key:x"),
+            counter.callers(),
+            counter.reset("key:x"),
+            counter.get_budget("key:x"),
+            counter.set_budget("key:x", 3),
         ]
         for call in calls:
             with pytest.raises(CounterUnavailable):
                 await call
         # charges coalesced into one failing call all fail, and none hangs
-        together = await asyncio.gather(*(counter.charge(f"key:{i}", "m", 1, None)
-                                          for i in range(10)), return_exceptions=True)
+        together = await asyncio.gather(
+            *(counter.charge(f"key:{i}", "m", 1, None) for i in range(10)), return_exceptions=True
+        )
         assert all(isinstance(r, CounterUnavailable) for r in together)
         assert time.monotonic() - start < 5
         await counter.close()

@@ -47,10 +47,19 @@ PREDICT_BODY = {
                             "type": "array",
                             "description": "images (N, C, H, W), float pixels in [0, 1]",
                             "minItems": 1,
-                            "items": {"type": "array", "minItems": 1, "items": {
-                                "type": "array", "minItems": 1, "items": {
-                                    "type": "array", "minItems": 1, "items": {
-                                        "type": "number", "minimum": 0, "maximum": 1}}}},
+                            "items": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": {
+                                        "type": "array",
+                                        "minItems": 1,
+                                        "items": {"type": "number", "minimum": 0, "maximum": 1},
+                                    },
+                                },
+                            },
                         },
                         "output": {"type": "string", "enum": ["scores", "label"]},
                     },
@@ -104,8 +113,11 @@ async def decode(
 ) -> DecodedRequest:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in (*JSON_TYPES, *NPY_TYPES, *RAW_TYPES):
-        raise ApiError(415, "unsupported_media_type",
-                       "send application/json, application/x-npy or application/octet-stream")
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send application/json, application/x-npy or application/octet-stream",
+        )
     body = await read_body(request, runtime.settings.max_body_bytes)
     if content_type in JSON_TYPES:
         decoded = decode_json(body)
@@ -117,8 +129,11 @@ async def decode(
     if content_type in NPY_TYPES:
         images = decode_npy(body)
         if shape and parse_shape(shape) != images.shape:
-            raise ApiError(400, "shape_mismatch", f"the stated shape {shape!r} disagrees with "
-                           f"the .npy array's {images.shape}")
+            raise ApiError(
+                400,
+                "shape_mismatch",
+                f"the stated shape {shape!r} disagrees with the .npy array's {images.shape}",
+            )
     else:
         images = decode_raw(body, shape)
     return DecodedRequest(images, model, parse_output(output))
@@ -137,8 +152,9 @@ def resolve_host(runtime: Runtime, name: str | None) -> ModelHost:
     name = name or runtime.pool.default
     host = runtime.pool.hosts.get(name)
     if host is None:
-        raise ApiError(404, "unknown_model",
-                       f"unknown model {name!r}; served: {', '.join(runtime.pool.hosts)}")
+        raise ApiError(
+            404, "unknown_model", f"unknown model {name!r}; served: {', '.join(runtime.pool.hosts)}"
+        )
     return host
 
 
@@ -164,8 +180,9 @@ async def predict(
     host = resolve_host(runtime, decoded.model)
     mode = decoded.output or host.output_modes[0]
     if mode == "scores" and "scores" not in host.output_modes:
-        raise ApiError(403, "label_only", f"model {host.name!r} answers labels only; "
-                       "ask for output=label")
+        raise ApiError(
+            403, "label_only", f"model {host.name!r} answers labels only; ask for output=label"
+        )
     images = validate_images(decoded.images, host.spec.input_shape, runtime.settings.max_batch)
     n = len(images)
 
@@ -173,31 +190,46 @@ async def predict(
     retry = {"Retry-After": str(settings.retry_after_s)}
     try:
         charge: Charge | None = await runtime.counter.charge(
-            caller, host.name, n, settings.budget_for(caller))
+            caller, host.name, n, settings.budget_for(caller)
+        )
     except CounterUnavailable:
         if not settings.fail_open:
-            raise ApiError(503, "counter_unavailable",
-                           "query accounting is unavailable; try again later", retry) from None
-        log.warning("counter unavailable: answering %d images of %s uncounted (fail_open)",
-                    n, caller)
+            raise ApiError(
+                503,
+                "counter_unavailable",
+                "query accounting is unavailable; try again later",
+                retry,
+            ) from None
+        log.warning(
+            "counter unavailable: answering %d images of %s uncounted (fail_open)", n, caller
+        )
         charge = None
     if charge is not None and not charge.allowed:
-        raise ApiError(429, "budget_exhausted",
-                       f"query budget of {charge.budget} images is spent or too small for this "
-                       f"batch: {charge.used} used, this batch of {n} was refused and not "
-                       "counted", retry)
+        raise ApiError(
+            429,
+            "budget_exhausted",
+            f"query budget of {charge.budget} images is spent or too small for this "
+            f"batch: {charge.used} used, this batch of {n} was refused and not "
+            "counted",
+            retry,
+        )
     try:
         # on timeout the wait is cancelled (queued work may still run) and the charge refunded
-        probs = await asyncio.wait_for(runtime.pool.predict(host, images),
-                                       settings.request_timeout_s)
+        probs = await asyncio.wait_for(
+            runtime.pool.predict(host, images), settings.request_timeout_s
+        )
     except BaseException as exc:
         if charge is not None:
             await refund(runtime, caller, host.name, n)
         if isinstance(exc, Overloaded):
             raise ApiError(503, "overloaded", str(exc), retry) from None
         if isinstance(exc, TimeoutError):
-            raise ApiError(504, "timeout", f"no answer within {settings.request_timeout_s} s; "
-                           "this request was not counted", retry) from None
+            raise ApiError(
+                504,
+                "timeout",
+                f"no answer within {settings.request_timeout_s} s; this request was not counted",
+                retry,
+            ) from None
         raise
     QUERIES_ANSWERED.labels(host.name, host.settings.defense.kind).inc(n)
     if charge is None:

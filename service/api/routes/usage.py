@@ -22,8 +22,9 @@ T = TypeVar("T")
 
 CallerPath = Annotated[
     str,
-    Path(description="caller id: key:<name> or addr:<ip>", pattern=r"^(key|addr):.+$",
-         max_length=256),
+    Path(
+        description="caller id: key:<name> or addr:<ip>", pattern=r"^(key|addr):.+$", max_length=256
+    ),
 ]
 
 
@@ -47,8 +48,9 @@ class UsageList(BaseModel):
 class BudgetUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    budget: int | None = Field(ge=0, le=MAX_BUDGET,
-                               description="images the caller may be answered; null clears")
+    budget: int | None = Field(
+        ge=0, le=MAX_BUDGET, description="images the caller may be answered; null clears"
+    )
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -65,8 +67,12 @@ async def counted(call: Awaitable[T], runtime: Runtime) -> T:
     try:
         return await call
     except CounterUnavailable:
-        raise ApiError(503, "counter_unavailable", "query accounting is unavailable; try again "
-                       "later", {"Retry-After": str(runtime.settings.retry_after_s)}) from None
+        raise ApiError(
+            503,
+            "counter_unavailable",
+            "query accounting is unavailable; try again later",
+            {"Retry-After": str(runtime.settings.retry_after_s)},
+        ) from None
 
 
 async def caller_usage(runtime: Runtime, caller: str) -> CallerUsage:
@@ -80,7 +86,11 @@ async def caller_usage(runtime: Runtime, caller: str) -> CallerUsage:
     )
     total = sum(models.values())
     return CallerUsage(
-        caller=caller, models=models, total=total, budget=budget, budget_source=source,
+        caller=caller,
+        models=models,
+        total=total,
+        budget=budget,
+        budget_source=source,
         remaining=None if budget is None else max(budget - total, 0),
     )
 
@@ -88,36 +98,54 @@ async def caller_usage(runtime: Runtime, caller: str) -> CallerUsage:
 ADMIN_ERRORS = error_responses(401, 403, 422, 503)
 
 
-@router.get("/usage", response_model=UsageList, summary="Usage of every caller (admin)",
-            responses=ADMIN_ERRORS)
+@router.get(
+    "/usage",
+    response_model=UsageList,
+    summary="Usage of every caller (admin)",
+    responses=ADMIN_ERRORS,
+)
 async def list_usage(runtime: RuntimeDep, _: AdminDep) -> UsageList:
     callers = await counted(runtime.counter.callers(), runtime)
     return UsageList(callers=[await caller_usage(runtime, c) for c in callers])
 
 
-@router.get("/usage/me", response_model=CallerUsage, summary="The calling client's own usage",
-            responses=error_responses(401, 503))
+@router.get(
+    "/usage/me",
+    response_model=CallerUsage,
+    summary="The calling client's own usage",
+    responses=error_responses(401, 503),
+)
 async def my_usage(runtime: RuntimeDep, caller: CallerDep) -> CallerUsage:
     return await caller_usage(runtime, caller)
 
 
-@router.get("/usage/{caller}", response_model=CallerUsage, summary="One caller's usage (admin)",
-            responses=ADMIN_ERRORS)
+@router.get(
+    "/usage/{caller}",
+    response_model=CallerUsage,
+    summary="One caller's usage (admin)",
+    responses=ADMIN_ERRORS,
+)
 async def get_usage(runtime: RuntimeDep, _: AdminDep, caller: CallerPath) -> CallerUsage:
     return await caller_usage(runtime, caller)
 
 
-@router.delete("/usage/{caller}", response_model=CallerUsage,
-               summary="Reset one caller's counts to zero (admin); its budget stays",
-               responses=ADMIN_ERRORS)
+@router.delete(
+    "/usage/{caller}",
+    response_model=CallerUsage,
+    summary="Reset one caller's counts to zero (admin); its budget stays",
+    responses=ADMIN_ERRORS,
+)
 async def reset_usage(runtime: RuntimeDep, _: AdminDep, caller: CallerPath) -> CallerUsage:
     await counted(runtime.counter.reset(caller), runtime)
     return await caller_usage(runtime, caller)
 
 
-@router.put("/usage/{caller}/budget", response_model=CallerUsage,
-            summary="Set (or clear, with null) a caller's budget; overrides the settings (admin)",
-            responses=error_responses(400, 401, 403, 422, 503))
+@router.put(
+    "/usage/{caller}/budget",
+    response_model=CallerUsage,
+    summary="Set (or clear, with null) a caller's budget; overrides the settings (admin)",
+    responses=error_responses(400, 401, 403, 422, 503),
+)
 async def set_budget(
     runtime: RuntimeDep, _: AdminDep, caller: CallerPath, update: BudgetUpdate
 ) -> CallerUsage:

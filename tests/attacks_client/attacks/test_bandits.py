@@ -17,8 +17,9 @@ from tests.attacks_client.score_helpers import (
 )
 
 
-@pytest.mark.parametrize(("shape", "tiles"), [((1, 28, 28), 9), ((3, 32, 32), 11),
-                                              ((3, 224, 224), 50)])
+@pytest.mark.parametrize(
+    ("shape", "tiles"), [((1, 28, 28), 9), ((3, 32, 32), 11), ((3, 224, 224), 50)]
+)
 def test_tiling_prior_shape_and_upsampling(shape: tuple[int, int, int], tiles: int) -> None:
     assert scaled_tile_size(shape[1]) == tiles
     attack = BanditTD()
@@ -80,8 +81,9 @@ def test_loss_is_cross_entropy_with_resolution_near_one() -> None:
     class _Oracle:
         label, target = 2, None
 
-    probs = np.array([[1e-9, 2e-9, 1.0, 0, 0, 0, 0, 0, 0, 0],
-                      [0.25, 0.25, 0.5, 0, 0, 0, 0, 0, 0, 0]], np.float32)
+    probs = np.array(
+        [[1e-9, 2e-9, 1.0, 0, 0, 0, 0, 0, 0, 0], [0.25, 0.25, 0.5, 0, 0, 0, 0, 0, 0, 0]], np.float32
+    )
     loss = BanditTD._loss(probs, _Oracle())  # type: ignore[arg-type]
     assert loss[0] == pytest.approx(3e-9, rel=1e-6)  # -log(1 - 3e-9), not log(1.0) = 0
     assert loss[1] == pytest.approx(np.log(2.0))

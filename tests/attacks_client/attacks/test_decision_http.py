@@ -28,8 +28,10 @@ def test_attack_finds_adversarials_over_http(
 ) -> None:
     images, labels = mnist_test
     url = keyed_server.url
-    with HttpOracle(url, api_key="attack-key") as oracle, \
-            HttpOracle(url, api_key="eval-key") as judge:
+    with (
+        HttpOracle(url, api_key="attack-key") as oracle,
+        HttpOracle(url, api_key="eval-key") as judge,
+    ):
         samples = select_images(ImageSet(images[:40], labels[:40]), 2, seed=0, evaluator=judge)
         assert len(samples) == 2
         for i, sample in enumerate(samples):
@@ -46,8 +48,9 @@ def test_attack_finds_adversarials_over_http(
         assert oracle.server_queries == attacker_total(oracle.queries)
 
 
-def test_hsja_against_snd_counts_exactly(snd_server: ServiceProcess,
-                                         mnist_test: tuple[np.ndarray, np.ndarray]) -> None:
+def test_hsja_against_snd_counts_exactly(
+    snd_server: ServiceProcess, mnist_test: tuple[np.ndarray, np.ndarray]
+) -> None:
     images, labels = mnist_test
     with HttpOracle(snd_server.url) as oracle:
         assert oracle.defense["kind"] == "snd"

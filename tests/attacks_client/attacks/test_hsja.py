@@ -89,7 +89,8 @@ def test_stepped_candidate_of_art_survives_noise_better_than_the_boundary_point(
     art = HopSkipJump(max_iter=6, init_num_evals=20)(oracle, x0, 0, 20_000, seed=1)
     oracle2, _, _, _, _ = half_space()
     authors = HopSkipJump(variant="authors", max_iter=6, init_num_evals=20)(
-        oracle2, x0, 0, 20_000, seed=1)
+        oracle2, x0, 0, 20_000, seed=1
+    )
     rng = np.random.default_rng(0)
     sigma = 0.001
     noise = sigma * rng.standard_normal((400, D))

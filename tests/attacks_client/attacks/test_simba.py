@@ -107,7 +107,8 @@ def test_label_only_endpoint_stops_at_once() -> None:
 
 
 def test_misclassified_start_costs_one_query() -> None:
-    oracle = FunctionOracle(lambda x: np.tile(np.eye(10, dtype=np.float32)[3], (len(x), 1)),
-                            (1, 28, 28), 10)
+    oracle = FunctionOracle(
+        lambda x: np.tile(np.eye(10, dtype=np.float32)[3], (len(x), 1)), (1, 28, 28), 10
+    )
     result = SimBA()(oracle, np.zeros((1, 28, 28), np.float32), 5, 100)
     assert result.queries == 1 and result.final_l2 == 0.0

@@ -43,7 +43,7 @@ def test_losses_and_logit_gradients_from_probabilities(loss: str, target: int | 
     z = logits.clone().requires_grad_(True)
     if loss == "cw":
         cls = target if target is not None else 2
-        others = torch.cat([z[:cls], z[cls + 1:]])
+        others = torch.cat([z[:cls], z[cls + 1 :]])
         value = z[cls] - others.max() if target is not None else others.max() - z[cls]
     else:
         xent = torch.nn.functional.cross_entropy(z[None], torch.tensor([target or 2]))
@@ -51,8 +51,11 @@ def test_losses_and_logit_gradients_from_probabilities(loss: str, target: int | 
     (grad,) = torch.autograd.grad(value, [z])
     ours = attack._loss(attack._logits(probs)[None], who)[0]  # type: ignore[arg-type]
     assert ours == pytest.approx(float(value.detach()), rel=1e-9, abs=1e-9)
-    np.testing.assert_allclose(attack._logit_grad(attack._logits(probs), who),  # type: ignore[arg-type]
-                               grad.numpy(), atol=1e-9)
+    np.testing.assert_allclose(
+        attack._logit_grad(attack._logits(probs), who),  # type: ignore[arg-type]
+        grad.numpy(),
+        atol=1e-9,
+    )
 
 
 def test_dropout_changes_the_reference_direction() -> None:
@@ -79,8 +82,9 @@ def test_two_queries_per_step_no_wasted_check(budget: int) -> None:
     # from the probes' answers, so a budget B gives (B - 1) // 2 steps
     images, labels = correct_images()
     oracle = constant_oracle(label=int(labels[0]))
-    result = SubspaceAttack(reference_models="mnist-cnn")(oracle, images[0], int(labels[0]),
-                                                          budget, seed=0)
+    result = SubspaceAttack(reference_models="mnist-cnn")(
+        oracle, images[0], int(labels[0]), budget, seed=0
+    )
     steps = (budget - 1) // 2
     assert result.stop_reason == "budget"
     assert result.queries == oracle.queries == 1 + 2 * steps

@@ -68,15 +68,30 @@ def test_dropout_is_active_in_eval_mode_and_reproducible() -> None:
 def test_training_is_seeded_and_the_command_writes_loadable_checkpoints(tmp_path: Path) -> None:
     proxy = embedded_mnist("attacker-proxy")
     images, labels = proxy.images[:64], proxy.labels[:64]
-    runs = [surrogates.train("resnet8", images, labels, seed=3, epochs=1, progress=False)
-            for _ in range(2)]
+    runs = [
+        surrogates.train("resnet8", images, labels, seed=3, epochs=1, progress=False)
+        for _ in range(2)
+    ]
     for a, b in zip(runs[0].state_dict().values(), runs[1].state_dict().values(), strict=True):
         assert torch.equal(a, b)
     np.savez(tmp_path / "proxy.npz", images=images, labels=labels)
     threads = torch.get_num_threads()
     try:
-        assert surrogates.main(["--out", str(tmp_path), "--epochs", "1", "--prefix", "t",
-                                "--data", str(tmp_path / "proxy.npz")]) == 0
+        assert (
+            surrogates.main(
+                [
+                    "--out",
+                    str(tmp_path),
+                    "--epochs",
+                    "1",
+                    "--prefix",
+                    "t",
+                    "--data",
+                    str(tmp_path / "proxy.npz"),
+                ]
+            )
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     for arch in surrogates.ARCHS:
@@ -86,7 +101,9 @@ def test_training_is_seeded_and_the_command_writes_loadable_checkpoints(tmp_path
 
 
 def test_client_side_never_imports_the_service() -> None:
-    code = ("import sys, attacks_client.attacks.surrogates, attacks_client.attacks.subspace, "
-            "attacks_client.attacks.simba, attacks_client.attacks.bandits; "
-            "sys.exit(any(m == 'service' or m.startswith('service.') for m in sys.modules))")
+    code = (
+        "import sys, attacks_client.attacks.surrogates, attacks_client.attacks.subspace, "
+        "attacks_client.attacks.simba, attacks_client.attacks.bandits; "
+        "sys.exit(any(m == 'service' or m.startswith('service.') for m in sys.modules))"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

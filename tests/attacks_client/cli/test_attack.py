@@ -18,8 +18,13 @@ from tests.servers import ROOT, ServiceProcess, free_port
 
 
 def test_help_lists_every_attack() -> None:
-    out = subprocess.run([sys.executable, "-m", "attacks_client", "--help"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "attacks_client", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0
     for name in ATTACKS:
         assert name in out.stdout
@@ -30,7 +35,10 @@ def test_server_down_is_one_line_and_exit_2() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     out = subprocess.run(
         [sys.executable, "-m", "attacks_client", "hsja", "--url", url, "--images", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 2
     assert out.stderr.strip() == f"error: cannot reach {url} (ConnectError)"
@@ -43,8 +51,9 @@ def test_bad_key_and_unknown_model_exit_2(
     assert main(["hsja", "--url", keyed_server.url, "--api-key", "wrong"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "refused the API key" in err and "\n" not in err
-    assert main(["geoda", "--url", keyed_server.url, "--api-key", "cli-key",
-                 "--model", "nope"]) == 2
+    assert (
+        main(["geoda", "--url", keyed_server.url, "--api-key", "cli-key", "--model", "nope"]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "unknown model 'nope'" in err and "resnet20-mnist" in err
 
@@ -69,12 +78,33 @@ def test_attack_run_writes_records(
     keyed_server: ServiceProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     output = tmp_path / "runs" / "hsja.jsonl"
-    status = main([
-        "hsja", "--url", keyed_server.url, "--api-key", "cli-key", "--eval-api-key", "eval-key",
-        "--images", "2", "--budget", "400", "--checkpoints", "100,200,1000",
-        "--epsilon", "2", "3", "--eval-draws", "3", "--param", "init_num_evals=50",
-        "--output", str(output), "--quiet",
-    ])
+    status = main(
+        [
+            "hsja",
+            "--url",
+            keyed_server.url,
+            "--api-key",
+            "cli-key",
+            "--eval-api-key",
+            "eval-key",
+            "--images",
+            "2",
+            "--budget",
+            "400",
+            "--checkpoints",
+            "100,200,1000",
+            "--epsilon",
+            "2",
+            "3",
+            "--eval-draws",
+            "3",
+            "--param",
+            "init_num_evals=50",
+            "--output",
+            str(output),
+            "--quiet",
+        ]
+    )
     assert status == 0
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(records) == 2
@@ -97,11 +127,28 @@ def test_repeat_charges_t_queries_per_logical_query(
     keyed_server: ServiceProcess, tmp_path: Path
 ) -> None:
     output = tmp_path / "repeat.jsonl"
-    status = main([
-        "boundary", "--url", keyed_server.url, "--api-key", "cli-key", "--images", "1",
-        "--budget", "300", "--repeat", "3", "--eval-draws", "1", "--output", str(output),
-        "--quiet", "--trajectory-stride", "1",
-    ])
+    status = main(
+        [
+            "boundary",
+            "--url",
+            keyed_server.url,
+            "--api-key",
+            "cli-key",
+            "--images",
+            "1",
+            "--budget",
+            "300",
+            "--repeat",
+            "3",
+            "--eval-draws",
+            "1",
+            "--output",
+            str(output),
+            "--quiet",
+            "--trajectory-stride",
+            "1",
+        ]
+    )
     assert status == 0
     (record,) = [json.loads(line) for line in output.read_text().splitlines()]
     assert record["repeat"] == 3

@@ -12,9 +12,23 @@ from tests.servers import ROOT
 
 def test_demo_prints_both_rows(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "attacks_client", "demo", "--images", "2", "--budget", "300",
-         "--out", str(tmp_path / "demo")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "attacks_client",
+            "demo",
+            "--images",
+            "2",
+            "--budget",
+            "300",
+            "--out",
+            str(tmp_path / "demo"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "undefended" in out.stdout and "snd-0.01" in out.stdout
     assert "hsja succeeded on" in out.stdout and "simba-dct succeeded on" in out.stdout
@@ -29,7 +43,8 @@ def test_evaluate_and_report_commands(tmp_path: Path) -> None:
         '[serve]\nmodels = [{ name = "m-snd", zoo = "resnet20-mnist", '
         'defense = { kind = "snd", sigma = 0.01 } }]\n'
         '[[endpoints]]\nname = "snd"\nmodel = "m-snd"\n'
-        '[[attacks]]\nname = "hsja"\n')
+        '[[attacks]]\nname = "hsja"\n'
+    )
     out = tmp_path / "run"
     assert main(["evaluate", "--config", str(config), "--out", str(out), "--quiet"]) == 0
     assert (out / "report.md").exists()
@@ -57,9 +72,22 @@ def test_sigterm_stops_the_services_evaluate_started(tmp_path: Path) -> None:
         'name = "long"\nimages = 2\nbudget = 100000\ncheckpoints = [1000]\nepsilons = [1.5]\n'
         "primary_epsilon = 1.5\naccuracy_repeats = 1\naccuracy_images = 20\n"
         '[[endpoints]]\nname = "snd"\nserve = { defense = "snd", sigma = 0.01 }\n'
-        '[[attacks]]\nname = "boundary"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "attacks_client", "evaluate", "--config",
-                             str(config), "--out", str(tmp_path / "run"), "--quiet"], cwd=ROOT)
+        '[[attacks]]\nname = "boundary"\n'
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "attacks_client",
+            "evaluate",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ],
+        cwd=ROOT,
+    )
     deadline = time.monotonic() + 120
     children: list[psutil.Process] = []
     while time.monotonic() < deadline and not (tmp_path / "run" / "accuracy.jsonl").exists():

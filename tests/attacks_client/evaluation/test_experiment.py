@@ -15,7 +15,8 @@ EXPERIMENTS = sorted((Path(__file__).resolve().parents[3] / "experiments").glob(
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
 def test_committed_experiments_load_and_their_attacks_accept_their_params(
-        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # files that read URLs and keys from the environment (compose.toml) get placeholders
     for endpoint in tomllib.loads(path.read_text()).get("endpoints", []):
         for key, value in endpoint.items():
@@ -32,19 +33,24 @@ def test_committed_experiments_load_and_their_attacks_accept_their_params(
 
 
 def test_an_attack_naming_an_unknown_endpoint_is_refused() -> None:
-    raw = {"name": "typo", "endpoints": [{"name": "snd", "url": "http://x"}],
-           "attacks": [{"name": "hsja", "endpoints": ["sdn"]}]}
+    raw = {
+        "name": "typo",
+        "endpoints": [{"name": "snd", "url": "http://x"}],
+        "attacks": [{"name": "hsja", "endpoints": ["sdn"]}],
+    }
     with pytest.raises(ValueError, match="unknown endpoints: sdn"):
         Experiment.from_dict(raw)
 
 
 def test_a_pmis_reference_must_be_an_endpoint_and_defaults_to_the_reference() -> None:
     endpoints: list[dict[str, object]] = [
-                 {"name": "plain", "url": "http://x", "reference": True},
-                 {"name": "at", "url": "http://y"},
-                 {"name": "at-snd", "url": "http://z", "pmis_reference": "at"}]
-    experiment = Experiment.from_dict({"name": "p", "endpoints": endpoints,
-                                       "attacks": [{"name": "hsja"}]})
+        {"name": "plain", "url": "http://x", "reference": True},
+        {"name": "at", "url": "http://y"},
+        {"name": "at-snd", "url": "http://z", "pmis_reference": "at"},
+    ]
+    experiment = Experiment.from_dict(
+        {"name": "p", "endpoints": endpoints, "attacks": [{"name": "hsja"}]}
+    )
     by_name = {e.name: e for e in experiment.endpoints}
     assert experiment.pmis_reference_of(by_name["at-snd"]).name == "at"
     assert experiment.pmis_reference_of(by_name["at"]).name == "plain"
@@ -54,15 +60,19 @@ def test_a_pmis_reference_must_be_an_endpoint_and_defaults_to_the_reference() ->
 
 
 def test_one_attack_split_over_disjoint_endpoints_and_limited_to_fewer_images(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     from attacks_client.evaluation.grid import Evaluation
 
     endpoints: list[dict[str, object]] = [{"name": n, "url": f"http://{n}"} for n in "abc"]
     endpoints[0]["reference"] = True
-    attacks = [{"name": "hsja", "endpoints": ["a", "b"]},
-               {"name": "hsja", "endpoints": ["c"], "images": 2}]
-    experiment = Experiment.from_dict({"name": "s", "images": 5, "endpoints": endpoints,
-                                       "attacks": attacks})
+    attacks = [
+        {"name": "hsja", "endpoints": ["a", "b"]},
+        {"name": "hsja", "endpoints": ["c"], "images": 2},
+    ]
+    experiment = Experiment.from_dict(
+        {"name": "s", "images": 5, "endpoints": endpoints, "attacks": attacks}
+    )
     urls = {str(e["name"]): str(e["url"]) for e in endpoints}
     evaluation = Evaluation(experiment, tmp_path, urls)
     jobs = evaluation.jobs([7, 3, 9, 1, 4])  # the selection order
@@ -71,10 +81,13 @@ def test_one_attack_split_over_disjoint_endpoints_and_limited_to_fewer_images(
     overlapping = [{"name": "hsja", "endpoints": ["a", "b"]}, {"name": "hsja", "endpoints": ["b"]}]
     with pytest.raises(ValueError, match="unique labels"):
         Experiment.from_dict({"name": "s", "endpoints": endpoints, "attacks": overlapping})
-    other_params = [{"name": "hsja", "endpoints": ["a"]},
-                    {"name": "hsja", "endpoints": ["b"], "params": {"gamma": 2.0}}]
+    other_params = [
+        {"name": "hsja", "endpoints": ["a"]},
+        {"name": "hsja", "endpoints": ["b"], "params": {"gamma": 2.0}},
+    ]
     with pytest.raises(ValueError, match="unique labels"):
         Experiment.from_dict({"name": "s", "endpoints": endpoints, "attacks": other_params})
     with pytest.raises(ValueError, match="images must be >= 1"):
-        Experiment.from_dict({"name": "s", "endpoints": endpoints,
-                              "attacks": [{"name": "hsja", "images": 0}]})
+        Experiment.from_dict(
+            {"name": "s", "endpoints": endpoints, "attacks": [{"name": "hsja", "images": 0}]}
+        )

@@ -33,25 +33,39 @@ def sha(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def keyed_servers() -> Iterator[dict[str, ServiceProcess]]:
-    common = {"api_keys": {sha(k): name for name, k in KEYS.items()},
-              "admin_token_sha256": sha(ADMIN)}
-    with ServiceProcess({**common, "defense": "none"}) as plain, \
-            ServiceProcess({**common, "defense": "snd", "sigma": 0.01}) as snd:
+    common = {
+        "api_keys": {sha(k): name for name, k in KEYS.items()},
+        "admin_token_sha256": sha(ADMIN),
+    }
+    with (
+        ServiceProcess({**common, "defense": "none"}) as plain,
+        ServiceProcess({**common, "defense": "snd", "sigma": 0.01}) as snd,
+    ):
         yield {"none": plain, "snd": snd}
 
 
 def small_grid(servers: dict[str, ServiceProcess], images: int = 2) -> Experiment:
     endpoints = tuple(
-        EndpointConfig(name=name, url=server.url, api_key=KEYS["attacker"],
-                       eval_api_key=KEYS["evaluator"])
+        EndpointConfig(
+            name=name, url=server.url, api_key=KEYS["attacker"], eval_api_key=KEYS["evaluator"]
+        )
         for name, server in servers.items()
     )
     return Experiment(
-        name="small", endpoints=endpoints,
+        name="small",
+        endpoints=endpoints,
         attacks=(AttackConfig(name="hsja"), AttackConfig(name="simba-dct")),
-        images=images, budget=200, checkpoints=(100, 200), epsilons=(1.5, 3.0),
-        primary_epsilon=1.5, eval_draws=5, accuracy_repeats=2, accuracy_images=100,
-        pmis_samples=50, sigma_hat_images=5, sigma_hat_draws=10,
+        images=images,
+        budget=200,
+        checkpoints=(100, 200),
+        epsilons=(1.5, 3.0),
+        primary_epsilon=1.5,
+        eval_draws=5,
+        accuracy_repeats=2,
+        accuracy_images=100,
+        pmis_samples=50,
+        sigma_hat_images=5,
+        sigma_hat_draws=10,
     )
 
 
@@ -70,14 +84,17 @@ def records(directory: Path) -> list[dict]:
 
 
 def test_small_grid_end_to_end(keyed_servers: dict[str, ServiceProcess], tmp_path: Path) -> None:
-    before = {name: (usage(s, "key:attacker"), usage(s, "key:evaluator"))
-              for name, s in keyed_servers.items()}
+    before = {
+        name: (usage(s, "key:attacker"), usage(s, "key:evaluator"))
+        for name, s in keyed_servers.items()
+    }
     experiment = small_grid(keyed_servers)
     evaluate(experiment, tmp_path, workers=2, progress=False)
     rows = records(tmp_path)
     assert len(rows) == 2 * 2 * 2
     assert {(r["attack"], r["endpoint"]) for r in rows} == {
-        (a, e) for a in ("hsja", "simba-dct") for e in ("none", "snd")}
+        (a, e) for a in ("hsja", "simba-dct") for e in ("none", "snd")
+    }
     for row in rows:
         assert row["queries"] <= 200
         assert set(row["checkpoints"]) == {"100", "200"}
@@ -110,8 +127,16 @@ def test_small_grid_end_to_end(keyed_servers: dict[str, ServiceProcess], tmp_pat
 
     path = report(tmp_path)
     text = path.read_text()
-    for heading in ("Table 1", "Tables 2/3", "ε = 3.0", "Table 5", "Table 7", "Median L2",
-                    "At a glance", "95% intervals"):
+    for heading in (
+        "Table 1",
+        "Tables 2/3",
+        "ε = 3.0",
+        "Table 5",
+        "Table 7",
+        "Median L2",
+        "At a glance",
+        "95% intervals",
+    ):
         assert heading in text
     # the glance row of each attack has one cell per endpoint, with that cell's image count
     glance = text.split("## At a glance")[1].split("\n## ")[0]
@@ -119,12 +144,15 @@ def test_small_grid_end_to_end(keyed_servers: dict[str, ServiceProcess], tmp_pat
     assert hsja_row.count("n=2") == len(keyed_servers)
     assert (tmp_path / "tables" / "table1_clean_accuracy.csv").exists()
     assert {p.name for p in (tmp_path / "tables").glob("success_interval_*.csv")} == {
-        "success_interval_eps1.5.csv", "success_interval_eps3.0.csv"}
+        "success_interval_eps1.5.csv",
+        "success_interval_eps3.0.csv",
+    }
     assert (tmp_path / "plots" / "l2_hsja.png").stat().st_size > 1000
 
 
 def test_a_killed_run_resumes_without_redoing_records(
-        keyed_servers: dict[str, ServiceProcess], tmp_path: Path) -> None:
+    keyed_servers: dict[str, ServiceProcess], tmp_path: Path
+) -> None:
     experiment = small_grid(keyed_servers, images=1)
     evaluate(experiment, tmp_path, workers=1, progress=False)
     lines = (tmp_path / RECORDS).read_text().splitlines()
@@ -146,13 +174,16 @@ def test_a_killed_run_resumes_without_redoing_records(
 
 
 def test_resuming_with_other_attack_parameters_is_refused(
-        keyed_servers: dict[str, ServiceProcess], tmp_path: Path) -> None:
+    keyed_servers: dict[str, ServiceProcess], tmp_path: Path
+) -> None:
     """Records made with one setting are never mixed with another's in a resumed run."""
     experiment = small_grid(keyed_servers, images=1)
     evaluate(experiment, tmp_path, workers=1, progress=False)
     image = records(tmp_path)[0]["image"]
-    changed = dataclasses.replace(experiment, attacks=(
-        AttackConfig(name="hsja", params={"gamma": 2.0}), AttackConfig(name="simba-dct")))
+    changed = dataclasses.replace(
+        experiment,
+        attacks=(AttackConfig(name="hsja", params={"gamma": 2.0}), AttackConfig(name="simba-dct")),
+    )
     evaluation = Evaluation(changed, tmp_path, endpoint_urls(changed))
     with pytest.raises(ResumeMismatch, match="gamma"):
         evaluation.jobs([image])
@@ -162,8 +193,9 @@ def test_resuming_with_other_attack_parameters_is_refused(
     with pytest.raises(ResumeMismatch, match="budget"):
         evaluate(dataclasses.replace(experiment, budget=300), tmp_path, progress=False)
     # the same values, spelled out, are no change
-    same = dataclasses.replace(experiment, attacks=(
-        AttackConfig(name="hsja"), AttackConfig(name="simba-dct", params={})))
+    same = dataclasses.replace(
+        experiment, attacks=(AttackConfig(name="hsja"), AttackConfig(name="simba-dct", params={}))
+    )
     assert Evaluation(same, tmp_path, endpoint_urls(same)).jobs([image]) == []
     # records made under another default (here: before HSJA had a variant) are refused too
     lines = [json.loads(x) for x in (tmp_path / RECORDS).read_text().splitlines()]
@@ -182,8 +214,10 @@ def test_experiment_toml_is_validated(tmp_path: Path) -> None:
     path.write_text('[[endpoints]]\nname = "a"\n[[attacks]]\nname = "hsja"\n')
     with pytest.raises(ValueError, match="url"):
         Experiment.load(path)
-    path.write_text('[serve]\ndefense = "none"\n[[endpoints]]\nname = "a"\n'
-                    '[[attacks]]\nname = "hsja"\nrepeat = 5\n')
+    path.write_text(
+        '[serve]\ndefense = "none"\n[[endpoints]]\nname = "a"\n'
+        '[[attacks]]\nname = "hsja"\nrepeat = 5\n'
+    )
     experiment = Experiment.load(path)
     assert experiment.serve == {"defense": "none"} and experiment.attacks[0].key == "hsja (T=5)"
 
@@ -192,10 +226,11 @@ def test_report_names_the_network_of_rows_written_without_it(tmp_path: Path) -> 
     """Accuracy rows from before ``architecture`` was recorded take the zoo entry of the model
     the run served; an endpoint at an outside URL stays unnamed."""
     experiment = {
-        "endpoints": [{"name": "rse", "serve": None, "url": None, "model": "rse"},
-                      {"name": "own", "serve": {"zoo": "resnet20-mnist"}, "url": None,
-                       "model": None},
-                      {"name": "far", "serve": None, "url": "http://example.test", "model": "x"}],
+        "endpoints": [
+            {"name": "rse", "serve": None, "url": None, "model": "rse"},
+            {"name": "own", "serve": {"zoo": "resnet20-mnist"}, "url": None, "model": None},
+            {"name": "far", "serve": None, "url": "http://example.test", "model": "x"},
+        ],
         "serve": {"models": [{"name": "rse", "zoo": "resnet20-mnist-rse"}]},
     }
     run = Run(tmp_path, experiment, [], [])
@@ -209,9 +244,15 @@ def test_a_second_writer_of_one_run_directory_is_refused(tmp_path: Path) -> None
     """While one process holds the run directory, another evaluate stops before writing or
     starting anything (two writers would run and append the same records twice)."""
     experiment = Experiment(
-        name="locked", attacks=(AttackConfig(name="hsja"),), images=1, budget=10,
-        checkpoints=(10,), epsilons=(1.5,), primary_epsilon=1.5,
-        endpoints=(EndpointConfig(name="none", url="http://127.0.0.1:9", reference=True),))
+        name="locked",
+        attacks=(AttackConfig(name="hsja"),),
+        images=1,
+        budget=10,
+        checkpoints=(10,),
+        epsilons=(1.5,),
+        primary_epsilon=1.5,
+        endpoints=(EndpointConfig(name="none", url="http://127.0.0.1:9", reference=True),),
+    )
     with run_lock(tmp_path):
         with pytest.raises(RunInProgress, match=f"pid {os.getpid()}"):
             evaluate(experiment, tmp_path, progress=False)

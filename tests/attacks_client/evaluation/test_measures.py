@@ -28,21 +28,24 @@ def test_success_needs_both_the_radius_and_a_misclassification() -> None:
     assert median_l2(records, 1000) == 1.5  # no candidate counts as an infinite distance
 
 
-@pytest.mark.parametrize(("hits", "n", "low", "high"), [
-    (0, 10, 0.0, 0.2775),     # z² / (n + z²): not a point at 0/n
-    (10, 10, 0.7225, 1.0),
-    (5, 10, 0.2366, 0.7634),
-    (45, 50, 0.7864, 0.9565),
-])
-def test_wilson_interval_matches_the_closed_form(hits: int, n: int, low: float,
-                                                 high: float) -> None:
+@pytest.mark.parametrize(
+    ("hits", "n", "low", "high"),
+    [
+        (0, 10, 0.0, 0.2775),  # z² / (n + z²): not a point at 0/n
+        (10, 10, 0.7225, 1.0),
+        (5, 10, 0.2366, 0.7634),
+        (45, 50, 0.7864, 0.9565),
+    ],
+)
+def test_wilson_interval_matches_the_closed_form(
+    hits: int, n: int, low: float, high: float
+) -> None:
     lo, hi = wilson_interval(hits, n)
     assert (lo, hi) == (pytest.approx(low, abs=1e-4), pytest.approx(high, abs=1e-4))
     assert lo <= hits / n <= hi
 
 
 def test_wilson_interval_narrows_with_more_images() -> None:
-    widths = [wilson_interval(n // 5, n)[1] - wilson_interval(n // 5, n)[0]
-              for n in (10, 50, 250)]
+    widths = [wilson_interval(n // 5, n)[1] - wilson_interval(n // 5, n)[0] for n in (10, 50, 250)]
     assert widths == sorted(widths, reverse=True)
     assert all(math.isnan(v) for v in wilson_interval(0, 0))

@@ -31,16 +31,26 @@ def plain() -> Iterator[ServiceProcess]:
         yield server
 
 
-def record(image: int, label: int, candidates: dict[str, np.ndarray | None],
-           l2: float = 1.0) -> dict[str, Any]:
-    return {"attack": "hsja", "endpoint": "snd", "image": image, "label": label,
-            "checkpoints": {q: {"l2": None if c is None else l2, "misclassified": False,
-                                "candidate": None if c is None else encode_array(c)}
-                            for q, c in candidates.items()}}
+def record(
+    image: int, label: int, candidates: dict[str, np.ndarray | None], l2: float = 1.0
+) -> dict[str, Any]:
+    return {
+        "attack": "hsja",
+        "endpoint": "snd",
+        "image": image,
+        "label": label,
+        "checkpoints": {
+            q: {
+                "l2": None if c is None else l2,
+                "misclassified": False,
+                "candidate": None if c is None else encode_array(c),
+            }
+            for q, c in candidates.items()
+        },
+    }
 
 
-def test_candidates_are_judged_by_the_reference_once(plain: ServiceProcess,
-                                                     tmp_path: Path) -> None:
+def test_candidates_are_judged_by_the_reference_once(plain: ServiceProcess, tmp_path: Path) -> None:
     data = load_images("embedded")
     with HttpOracle(plain.url) as h:
         predicted = h.labels(data.images[:50])
@@ -48,26 +58,46 @@ def test_candidates_are_judged_by_the_reference_once(plain: ServiceProcess,
     a = correct[0]
     b = next(i for i in correct if data.labels[i] != data.labels[a])
     # x0 itself is not adversarial for h; an image h calls another class is
-    rows = [record(a, int(data.labels[a]), {"100": data.images[a], "200": data.images[b]}),
-            record(b, int(data.labels[b]), {"100": None, "200": data.images[b]})]
+    rows = [
+        record(a, int(data.labels[a]), {"100": data.images[a], "200": data.images[b]}),
+        record(b, int(data.labels[b]), {"100": None, "200": data.images[b]}),
+    ]
     (tmp_path / RECORDS).write_text("".join(json.dumps(r) + "\n" for r in rows))
     experiment = Experiment(
-        name="rejudge", attacks=(AttackConfig(name="hsja"),), images=2, budget=200,
-        checkpoints=(100, 200), epsilons=(1.5,), primary_epsilon=1.5,
+        name="rejudge",
+        attacks=(AttackConfig(name="hsja"),),
+        images=2,
+        budget=200,
+        checkpoints=(100, 200),
+        epsilons=(1.5,),
+        primary_epsilon=1.5,
         # the defended endpoint is never asked: its URL has nothing behind it
-        endpoints=(EndpointConfig(name="none", url=plain.url, reference=True),
-                   EndpointConfig(name="snd", url=f"http://127.0.0.1:{free_port()}")))
+        endpoints=(
+            EndpointConfig(name="none", url=plain.url, reference=True),
+            EndpointConfig(name="snd", url=f"http://127.0.0.1:{free_port()}"),
+        ),
+    )
 
     rejudge(experiment, tmp_path, progress=False)
     judgements = load_judgements(tmp_path)
-    assert judgements == {("hsja", "snd", a): {"100": False, "200": True},
-                          ("hsja", "snd", b): {"100": None, "200": False}}
+    assert judgements == {
+        ("hsja", "snd", a): {"100": False, "200": True},
+        ("hsja", "snd", b): {"100": None, "200": False},
+    }
     rejudge(experiment, tmp_path, progress=False)  # resumed: nothing asked or written again
     assert len((tmp_path / REFERENCE_JUDGEMENT).read_text().splitlines()) == 2
 
-    run = Run(tmp_path, {"endpoints": [{"name": "none"}, {"name": "snd"}],
-                         "attacks": [{"key": "hsja", "repeat": 1}],
-                         "checkpoints": [100, 200]}, rows, [], judgements)
+    run = Run(
+        tmp_path,
+        {
+            "endpoints": [{"name": "none"}, {"name": "snd"}],
+            "attacks": [{"key": "hsja", "repeat": 1}],
+            "checkpoints": [100, 200],
+        },
+        rows,
+        [],
+        judgements,
+    )
     table = Report(run).reference_table([0.5, 1.5])
     # at 200 queries: image a's candidate (L2 1.0) fools h, image b's does not -> 50% at 1.5
     assert "| hsja | 0 / 50 (n=2) |" in table  # only endpoints with records get a column
@@ -80,11 +110,18 @@ def test_records_without_their_candidates_are_refused(tmp_path: Path) -> None:
     compact["checkpoints"]["100"]["candidate"] = None
     (tmp_path / RECORDS).write_text(json.dumps(compact) + "\n")
     experiment = Experiment(
-        name="compact", attacks=(AttackConfig(name="hsja"),), images=1, budget=100,
-        checkpoints=(100,), epsilons=(1.5,), primary_epsilon=1.5,
-        endpoints=(EndpointConfig(name="none", url=f"http://127.0.0.1:{free_port()}",
-                                  reference=True),
-                   EndpointConfig(name="snd", url=f"http://127.0.0.1:{free_port()}")))
+        name="compact",
+        attacks=(AttackConfig(name="hsja"),),
+        images=1,
+        budget=100,
+        checkpoints=(100,),
+        epsilons=(1.5,),
+        primary_epsilon=1.5,
+        endpoints=(
+            EndpointConfig(name="none", url=f"http://127.0.0.1:{free_port()}", reference=True),
+            EndpointConfig(name="snd", url=f"http://127.0.0.1:{free_port()}"),
+        ),
+    )
     with pytest.raises(CandidatesDropped, match="no stored candidates"):
         rejudge(experiment, tmp_path, progress=False)
     assert not (tmp_path / REFERENCE_JUDGEMENT).exists()

@@ -69,8 +69,9 @@ def spent(oracle: HttpOracle, start: tuple[int, int]) -> tuple[int, int]:
     return oracle.queries - start[0], oracle.server_queries - start[1]
 
 
-def correct_image(oracle: HttpOracle, mnist_test: Images,
-                  noise_class: bool = False) -> tuple[np.ndarray, int, tuple[int, int]]:
+def correct_image(
+    oracle: HttpOracle, mnist_test: Images, noise_class: bool = False
+) -> tuple[np.ndarray, int, tuple[int, int]]:
     """A correctly classified test image whose class is not (or, with ``noise_class``, is) the
     one the model gives uniform noise: ART's HopSkipJump starts from uniform noise and GeoDA
     from ever larger Gaussian noise, so neither finds a start for an image of that class (the
@@ -139,23 +140,33 @@ def test_geoda_gets_a_plan_art_can_make() -> None:
 
 
 def test_adapter_imports_without_art() -> None:
-    code = ("import sys; sys.modules['art'] = None; import attacks_client.oracles.art as i; "
-            "from attacks_client.oracles.base import FunctionOracle as F\n"
-            "try:\n i.ArtBridge(F(lambda x: x, (1, 2, 2), 2))\n"
-            "except ImportError as e: print(e)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60, check=True)
+    code = (
+        "import sys; sys.modules['art'] = None; import attacks_client.oracles.art as i; "
+        "from attacks_client.oracles.base import FunctionOracle as F\n"
+        "try:\n i.ArtBridge(F(lambda x: x, (1, 2, 2), 2))\n"
+        "except ImportError as e: print(e)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert out.stdout.strip() == INSTALL_HINT
     assert "pip install 'snd-gateway[parity]'" in INSTALL_HINT
 
 
-def test_hsja_counts_exactly(oracle: HttpOracle, mnist_test: Images,
-                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hsja_counts_exactly(
+    oracle: HttpOracle, mnist_test: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
     x0, label, start = correct_image(oracle, mnist_test)
     bridge = ArtBridge(oracle)
     asked = AskedFor(monkeypatch, bridge.classifier)
-    attack = HopSkipJump(bridge.classifier, max_iter=2, max_eval=100, init_eval=10,
-                         init_size=20, verbose=False)
+    attack = HopSkipJump(
+        bridge.classifier, max_iter=2, max_eval=100, init_eval=10, init_size=20, verbose=False
+    )
     result = run_art_attack(attack, x0, label, bridge)
     assert result.stop_reason == "converged" and result.adversarial is not None
     assert result.queries == bridge.queries == asked.images > 0
@@ -164,15 +175,20 @@ def test_hsja_counts_exactly(oracle: HttpOracle, mnist_test: Images,
     assert oracle.labels(result.adversarial[None])[0] != label  # undefended: really adversarial
 
 
-def test_hsja_stops_cleanly_at_the_budget(oracle: HttpOracle, mnist_test: Images,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hsja_stops_cleanly_at_the_budget(
+    oracle: HttpOracle, mnist_test: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
     x0, label, start = correct_image(oracle, mnist_test)
     bridge = ArtBridge(oracle, budget=150)
     asked = AskedFor(monkeypatch, bridge.classifier)
     result = run_art_attack(
-        lambda clf: HopSkipJump(clf, max_iter=20, max_eval=100, init_eval=10, init_size=20,
-                                verbose=False),
-        x0, label, bridge)
+        lambda clf: HopSkipJump(
+            clf, max_iter=20, max_eval=100, init_eval=10, init_size=20, verbose=False
+        ),
+        x0,
+        label,
+        bridge,
+    )
     assert result.stop_reason == "budget" and result.adversarial is None
     assert result.queries == bridge.queries <= 150
     assert spent(oracle, start) == (bridge.queries, bridge.queries)
@@ -181,8 +197,9 @@ def test_hsja_stops_cleanly_at_the_budget(oracle: HttpOracle, mnist_test: Images
     assert asked.images - refused == bridge.queries and bridge.queries + refused > 150
 
 
-def test_simba_with_scores_counts_exactly(snd_server: ServiceProcess, mnist_test: Images,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_simba_with_scores_counts_exactly(
+    snd_server: ServiceProcess, mnist_test: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with HttpOracle(snd_server.url, output="scores") as oracle:
         x0, label, start = correct_image(oracle, mnist_test)
         bridge = ArtBridge(oracle)
@@ -195,12 +212,14 @@ def test_simba_with_scores_counts_exactly(snd_server: ServiceProcess, mnist_test
         assert spent(oracle, start) == (bridge.queries, bridge.queries)
 
 
-def test_hsja_iterations_give_checkpoints_within_budget(oracle: HttpOracle,
-                                                        mnist_test: Images) -> None:
+def test_hsja_iterations_give_checkpoints_within_budget(
+    oracle: HttpOracle, mnist_test: Images
+) -> None:
     x0, label, start = correct_image(oracle, mnist_test)
     bridge = ArtBridge(oracle, budget=250)
-    run = run_hsja_iterations(bridge, x0, label, iterations=8, max_eval=100, init_eval=10,
-                              init_size=20)
+    run = run_hsja_iterations(
+        bridge, x0, label, iterations=8, max_eval=100, init_eval=10, init_size=20
+    )
     assert run.stop_reason in ("budget", "converged") and len(run.updates) >= 2
     queries = [q for q, _ in run.updates]
     assert queries == sorted(set(queries)) and queries[-1] <= run.queries <= 250
@@ -212,9 +231,9 @@ def test_hsja_iterations_give_checkpoints_within_budget(oracle: HttpOracle,
 
 @pytest.mark.timeout(120)
 @pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
-def test_geoda_runs_with_the_numpy2_shim(oracle: HttpOracle, mnist_test: Images,
-                                         monkeypatch: pytest.MonkeyPatch,
-                                         tmp_path: Any) -> None:
+def test_geoda_runs_with_the_numpy2_shim(
+    oracle: HttpOracle, mnist_test: Images, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
     monkeypatch.delattr(np, "mat", raising=False)
     numpy2_shims()
     numpy2_shims()  # idempotent
@@ -223,14 +242,16 @@ def test_geoda_runs_with_the_numpy2_shim(oracle: HttpOracle, mnist_test: Images,
     x0, label, start = correct_image(oracle, mnist_test)
     # the budget also bounds GeoDA's random start search, an unbounded loop in ART 1.20.1
     bridge = ArtBridge(oracle, budget=600)
-    result = run_art_attack(GeoDA(bridge.classifier, max_iter=300, verbose=False), x0, label,
-                            bridge)
+    result = run_art_attack(
+        GeoDA(bridge.classifier, max_iter=300, verbose=False), x0, label, bridge
+    )
     assert result.stop_reason in ("converged", "budget") and result.queries <= 600
     assert spent(oracle, start) == (bridge.queries, bridge.queries)
     # an image of the noise class: GeoDA's start search would never end; the budget ends it
     x8, label8, start = correct_image(oracle, mnist_test, noise_class=True)
     bridge = ArtBridge(oracle, budget=60)
-    stuck = run_art_attack(lambda clf: art_geoda(clf, max_iter=300, verbose=False), x8, label8,
-                           bridge)
+    stuck = run_art_attack(
+        lambda clf: art_geoda(clf, max_iter=300, verbose=False), x8, label8, bridge
+    )
     assert stuck.stop_reason == "budget" and stuck.adversarial is None and stuck.queries == 60
     assert spent(oracle, start) == (60, 60)

@@ -104,16 +104,31 @@ def test_float32_npy_transport_keeps_tiny_probes() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/models":
-            return httpx.Response(200, json={"models": [{
-                "name": "m", "input_shape": [1, 2, 2], "num_classes": 2, "default": True,
-                "outputs": ["scores", "label"], "defense": {"kind": "none"}}]})
+            return httpx.Response(
+                200,
+                json={
+                    "models": [
+                        {
+                            "name": "m",
+                            "input_shape": [1, 2, 2],
+                            "num_classes": 2,
+                            "default": True,
+                            "outputs": ["scores", "label"],
+                            "defense": {"kind": "none"},
+                        }
+                    ]
+                },
+            )
         assert request.headers["content-type"] == "application/x-npy"
         assert request.url.params["output"] == "label" and request.url.params["model"] == "m"
         assert request.headers["x-api-key"] == "k"
         array = np.load(io.BytesIO(request.content), allow_pickle=False)
         seen.append(array)
-        return httpx.Response(200, json={"model": "m", "labels": [0] * len(array)},
-                              headers={"X-Queries-Used": str(sum(map(len, seen)))})
+        return httpx.Response(
+            200,
+            json={"model": "m", "labels": [0] * len(array)},
+            headers={"X-Queries-Used": str(sum(map(len, seen)))},
+        )
 
     transport = httpx.MockTransport(handler)
     with HttpOracle("http://test", api_key="k", verify=False, transport=transport) as oracle:
@@ -129,20 +144,35 @@ def test_503_is_retried_and_413_rechunks() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/models":
-            return httpx.Response(200, json={"models": [{
-                "name": "m", "input_shape": [1, 1, 1], "num_classes": 2, "default": True}]})
+            return httpx.Response(
+                200,
+                json={
+                    "models": [
+                        {"name": "m", "input_shape": [1, 1, 1], "num_classes": 2, "default": True}
+                    ]
+                },
+            )
         n = len(np.load(io.BytesIO(request.content)))
         calls.append(n)
         if len(calls) == 1:
-            return httpx.Response(503, headers={"Retry-After": "0"},
-                                  json={"error": {"code": "overloaded", "message": "busy"}})
+            return httpx.Response(
+                503,
+                headers={"Retry-After": "0"},
+                json={"error": {"code": "overloaded", "message": "busy"}},
+            )
         if n > 4:
-            return httpx.Response(413, json={"error": {
-                "code": "batch_too_large", "message": f"batch of {n} images exceeds the limit 4"}})
+            return httpx.Response(
+                413,
+                json={
+                    "error": {
+                        "code": "batch_too_large",
+                        "message": f"batch of {n} images exceeds the limit 4",
+                    }
+                },
+            )
         return httpx.Response(200, json={"model": "m", "labels": [1] * n})
 
-    with HttpOracle("http://test", verify=False,
-                    transport=httpx.MockTransport(handler)) as oracle:
+    with HttpOracle("http://test", verify=False, transport=httpx.MockTransport(handler)) as oracle:
         labels = oracle.labels(np.zeros((10, 1, 1, 1), np.float32))
         assert labels.tolist() == [1] * 10
         assert oracle.queries == 10 and oracle.max_batch == 4
@@ -150,13 +180,23 @@ def test_503_is_retried_and_413_rechunks() -> None:
 
     def always_busy(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/models":
-            return httpx.Response(200, json={"models": [{
-                "name": "m", "input_shape": [1, 1, 1], "num_classes": 2, "default": True}]})
-        return httpx.Response(503, headers={"Retry-After": "0"}, json={
-            "error": {"code": "counter_unavailable", "message": "accounting is down"}})
+            return httpx.Response(
+                200,
+                json={
+                    "models": [
+                        {"name": "m", "input_shape": [1, 1, 1], "num_classes": 2, "default": True}
+                    ]
+                },
+            )
+        return httpx.Response(
+            503,
+            headers={"Retry-After": "0"},
+            json={"error": {"code": "counter_unavailable", "message": "accounting is down"}},
+        )
 
-    with HttpOracle("http://test", retries=2, verify=False,
-                    transport=httpx.MockTransport(always_busy)) as o:
+    with HttpOracle(
+        "http://test", retries=2, verify=False, transport=httpx.MockTransport(always_busy)
+    ) as o:
         with pytest.raises(OracleError, match="unavailable: accounting is down"):
             o.labels(np.zeros((1, 1, 1, 1), np.float32))
         assert o.queries == 0

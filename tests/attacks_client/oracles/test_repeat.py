@@ -31,8 +31,12 @@ def server() -> Iterator[ServiceProcess]:
     """resnet20-mnist without defense (deterministic), and a label-only copy; open."""
     models = [
         {"name": "resnet20-mnist", "defense": {"kind": "none"}},
-        {"name": LABELS_MODEL, "zoo": "resnet20-mnist", "defense": {"kind": "none"},
-         "label_only": True},
+        {
+            "name": LABELS_MODEL,
+            "zoo": "resnet20-mnist",
+            "defense": {"kind": "none"},
+            "label_only": True,
+        },
     ]
     with ServiceProcess({"models": models}) as process:
         yield process
@@ -96,8 +100,9 @@ def test_an_attack_over_http_succeeds_and_counts_exactly(server: ServiceProcess)
 
 
 @pytest.mark.parametrize("name", SCORE_ATTACKS)
-def test_score_attacks_stop_at_once_on_a_label_only_endpoint(server: ServiceProcess,
-                                                              name: str) -> None:
+def test_score_attacks_stop_at_once_on_a_label_only_endpoint(
+    server: ServiceProcess, name: str
+) -> None:
     images, labels = correct_images()
     start = _server_count(server.url, LABELS_MODEL)
     with HttpOracle(server.url, LABELS_MODEL, output="label") as http:

@@ -17,6 +17,7 @@ def plain_server() -> Iterator[ServiceProcess]:
 
 @pytest.fixture(scope="session")
 def label_only_server() -> Iterator[ServiceProcess]:
-    with ServiceProcess({"defense": "snd", "sigma": 0.01, "label_only": True,
-                         "hide_defense_params": True}) as server:
+    with ServiceProcess(
+        {"defense": "snd", "sigma": 0.01, "label_only": True, "hide_defense_params": True}
+    ) as server:
         yield server

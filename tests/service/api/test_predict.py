@@ -26,14 +26,20 @@ def npy(x: np.ndarray) -> bytes:
 
 
 def post_npy(url: str, x: np.ndarray, **params: str) -> httpx.Response:
-    return httpx.post(url + "/predict", content=npy(x), params=params,
-                      headers={"Content-Type": "application/x-npy"}, timeout=30)
+    return httpx.post(
+        url + "/predict",
+        content=npy(x),
+        params=params,
+        headers={"Content-Type": "application/x-npy"},
+        timeout=30,
+    )
 
 
 def test_json_scores_and_labels(plain_server: ServiceProcess, digits: tuple) -> None:
     x, y = digits
-    r = httpx.post(plain_server.url + "/predict",
-                   json={"inputs": x.tolist(), "output": "scores"}, timeout=30)
+    r = httpx.post(
+        plain_server.url + "/predict", json={"inputs": x.tolist(), "output": "scores"}, timeout=30
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     scores = np.array(body["scores"])
@@ -45,8 +51,11 @@ def test_json_scores_and_labels(plain_server: ServiceProcess, digits: tuple) -> 
 
 def test_json_label_mode_has_no_scores(plain_server: ServiceProcess, digits: tuple) -> None:
     x, _ = digits
-    r = httpx.post(plain_server.url + "/predict",
-                   json={"inputs": x[:3].tolist(), "output": "label"}, timeout=30)
+    r = httpx.post(
+        plain_server.url + "/predict",
+        json={"inputs": x[:3].tolist(), "output": "label"},
+        timeout=30,
+    )
     assert r.status_code == 200
     assert set(r.json()) == {"model", "labels"}
 
@@ -55,13 +64,18 @@ def test_binary_encodings_agree_with_json(plain_server: ServiceProcess, digits: 
     x, _ = digits
     by_json = httpx.post(plain_server.url + "/predict", json={"inputs": x.tolist()}).json()
     by_npy = post_npy(plain_server.url, x, output="scores").json()
-    raw = httpx.post(plain_server.url + "/predict", content=x.tobytes(),
-                     params={"shape": "16,1,28,28", "output": "scores"},
-                     headers={"Content-Type": "application/octet-stream"}).json()
-    raw_header = httpx.post(plain_server.url + "/predict", content=x.tobytes(),
-                            params={"output": "label"},
-                            headers={"Content-Type": "application/octet-stream",
-                                     "X-Shape": "16,1,28,28"}).json()
+    raw = httpx.post(
+        plain_server.url + "/predict",
+        content=x.tobytes(),
+        params={"shape": "16,1,28,28", "output": "scores"},
+        headers={"Content-Type": "application/octet-stream"},
+    ).json()
+    raw_header = httpx.post(
+        plain_server.url + "/predict",
+        content=x.tobytes(),
+        params={"output": "label"},
+        headers={"Content-Type": "application/octet-stream", "X-Shape": "16,1,28,28"},
+    ).json()
     # float32 survives both transports bit-exactly, so the undefended answers are identical
     np.testing.assert_array_equal(by_json["scores"], by_npy["scores"])
     np.testing.assert_array_equal(by_npy["scores"], raw["scores"])
@@ -72,15 +86,15 @@ def test_binary_encodings_agree_with_json(plain_server: ServiceProcess, digits: 
 def test_sub_8_bit_probes_reach_the_model(plain_server: ServiceProcess, digits: tuple) -> None:
     """A 1e-4 perturbation (far below one 8-bit step) changes the scores: no quantization."""
     x, _ = digits
-    probe = np.clip(x[:1] + 1e-4 * np.sign(np.random.default_rng(0).standard_normal(x[:1].shape)),
-                    0, 1).astype(np.float32)
+    probe = np.clip(
+        x[:1] + 1e-4 * np.sign(np.random.default_rng(0).standard_normal(x[:1].shape)), 0, 1
+    ).astype(np.float32)
     a = np.array(post_npy(plain_server.url, x[:1], output="scores").json()["scores"])
     b = np.array(post_npy(plain_server.url, probe, output="scores").json()["scores"])
     assert not np.array_equal(a, b)
 
 
-def test_snd_answers_the_same_query_differently(snd_server: ServiceProcess,
-                                                digits: tuple) -> None:
+def test_snd_answers_the_same_query_differently(snd_server: ServiceProcess, digits: tuple) -> None:
     x, _ = digits
     a = np.array(post_npy(snd_server.url, x, output="scores").json()["scores"])
     b = np.array(post_npy(snd_server.url, x, output="scores").json()["scores"])
@@ -90,15 +104,17 @@ def test_snd_answers_the_same_query_differently(snd_server: ServiceProcess,
 
 
 def test_snd_noise_differs_between_identical_images_in_one_batch(
-        snd_server: ServiceProcess, digits: tuple) -> None:
+    snd_server: ServiceProcess, digits: tuple
+) -> None:
     x, _ = digits
     batch = np.repeat(x[:1], 8, axis=0)
     scores = np.array(post_npy(snd_server.url, batch, output="scores").json()["scores"])
     assert len({tuple(row) for row in scores.round(12)}) == 8
 
 
-def test_label_only_model_never_returns_scores(label_only_server: ServiceProcess,
-                                               digits: tuple) -> None:
+def test_label_only_model_never_returns_scores(
+    label_only_server: ServiceProcess, digits: tuple
+) -> None:
     x, _ = digits
     url = label_only_server.url
     default = post_npy(url, x[:2])
@@ -109,8 +125,7 @@ def test_label_only_model_never_returns_scores(label_only_server: ServiceProcess
     ):
         assert response.status_code == 403
         assert response.json()["error"]["code"] == "label_only"
-        assert "scores" not in response.text.replace("output=scores", "").replace(
-            "labels only", "")
+        assert "scores" not in response.text.replace("output=scores", "").replace("labels only", "")
     info = httpx.get(url + "/models").json()["models"][0]
     assert info["outputs"] == ["label"]
     assert info["defense"] == {"kind": "snd"}  # σ hidden by the operator
@@ -118,13 +133,24 @@ def test_label_only_model_never_returns_scores(label_only_server: ServiceProcess
 
 def test_models_route_describes_the_defense(snd_server: ServiceProcess) -> None:
     info = httpx.get(snd_server.url + "/models").json()["models"]
-    assert info == [{
-        "name": "resnet20-mnist", "architecture": "resnet20-mnist", "input_shape": [1, 28, 28],
-        "num_classes": 10, "classes": [str(d) for d in range(10)],
-        "defense": {"kind": "snd", "sigma": 0.01, "noise": "gaussian", "distribution": "fixed",
-                    "clip": False},
-        "outputs": ["scores", "label"], "default": True,
-    }]
+    assert info == [
+        {
+            "name": "resnet20-mnist",
+            "architecture": "resnet20-mnist",
+            "input_shape": [1, 28, 28],
+            "num_classes": 10,
+            "classes": [str(d) for d in range(10)],
+            "defense": {
+                "kind": "snd",
+                "sigma": 0.01,
+                "noise": "gaussian",
+                "distribution": "fixed",
+                "clip": False,
+            },
+            "outputs": ["scores", "label"],
+            "default": True,
+        }
+    ]
 
 
 def test_health_and_readiness(snd_server: ServiceProcess) -> None:
@@ -141,20 +167,43 @@ def test_health_and_readiness(snd_server: ServiceProcess) -> None:
         ({"json": {"inputs": [[[[0.0] * 27] * 28]]}}, 422, "bad_shape"),
         ({"json": {"inputs": [[[[2.0] * 28] * 28]]}}, 422, "out_of_range"),
         ({"json": {"inputs": []}}, 422, "bad_rank"),
-        ({"content": b"{not json", "headers": {"Content-Type": "application/json"}}, 400,
-         "malformed_json"),
-        ({"content": b'{"inputs": [[[[NaN]]]]}', "headers": {"Content-Type": "application/json"}},
-         422, "non_finite"),
-        ({"content": b"abc", "headers": {"Content-Type": "text/plain"}}, 415,
-         "unsupported_media_type"),
-        ({"content": b"\x00" * 12, "params": {"shape": "1,1,28,28"},
-          "headers": {"Content-Type": "application/octet-stream"}}, 400, "shape_mismatch"),
-        ({"content": b"garbage", "headers": {"Content-Type": "application/x-npy"}}, 400,
-         "malformed_npy"),
+        (
+            {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
+            400,
+            "malformed_json",
+        ),
+        (
+            {
+                "content": b'{"inputs": [[[[NaN]]]]}',
+                "headers": {"Content-Type": "application/json"},
+            },
+            422,
+            "non_finite",
+        ),
+        (
+            {"content": b"abc", "headers": {"Content-Type": "text/plain"}},
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            {
+                "content": b"\x00" * 12,
+                "params": {"shape": "1,1,28,28"},
+                "headers": {"Content-Type": "application/octet-stream"},
+            },
+            400,
+            "shape_mismatch",
+        ),
+        (
+            {"content": b"garbage", "headers": {"Content-Type": "application/x-npy"}},
+            400,
+            "malformed_npy",
+        ),
     ],
 )
-def test_bad_requests_get_a_json_4xx(snd_server: ServiceProcess, request_kwargs: dict,
-                                     status: int, code: str) -> None:
+def test_bad_requests_get_a_json_4xx(
+    snd_server: ServiceProcess, request_kwargs: dict, status: int, code: str
+) -> None:
     r = httpx.post(snd_server.url + "/predict", timeout=30, **request_kwargs)
     assert r.status_code == status, r.text
     assert r.json()["error"]["code"] == code

@@ -17,8 +17,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.servers import RedisProcess, ServiceProcess
 
 ADMIN = "the-admin-token"
-KEYS = {"alice": "alice-secret", "bob": "bob-secret", "carol": "carol-secret",
-        "dave": "dave-secret", "erin": "erin-secret", "frank": "frank-secret"}
+KEYS = {
+    "alice": "alice-secret",
+    "bob": "bob-secret",
+    "carol": "carol-secret",
+    "dave": "dave-secret",
+    "erin": "erin-secret",
+    "frank": "frank-secret",
+}
 SND_MODEL, PLAIN_MODEL = "resnet20-mnist", "mnist-undefended"
 
 
@@ -34,13 +40,22 @@ def images(n: int) -> bytes:
     return np.full((n, 1, 28, 28), 0.5, np.float32).tobytes()
 
 
-def predict(server: ServiceProcess, n: int, key: str | None = None, model: str = SND_MODEL,
-            headers: dict[str, str] | None = None) -> httpx.Response:
+def predict(
+    server: ServiceProcess,
+    n: int,
+    key: str | None = None,
+    model: str = SND_MODEL,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     sent = {"Content-Type": "application/octet-stream", **(headers or {})}
     if key is not None:
         sent["X-API-Key"] = key
-    return httpx.post(f"{server.url}/predict?output=label&model={model}&shape={n},1,28,28",
-                      content=images(n), headers=sent, timeout=30)
+    return httpx.post(
+        f"{server.url}/predict?output=label&model={model}&shape={n},1,28,28",
+        content=images(n),
+        headers=sent,
+        timeout=30,
+    )
 
 
 def usage(server: ServiceProcess, caller: str) -> dict[str, object]:
@@ -53,8 +68,9 @@ def usage(server: ServiceProcess, caller: str) -> dict[str, object]:
 def assert_error(response: httpx.Response, status: int | tuple[int, ...], code: str) -> None:
     statuses = (status,) if isinstance(status, int) else status
     assert response.status_code in statuses, response.text
-    assert response.json() == {"error": {"code": code, "message": response.json()["error"][
-        "message"]}}
+    assert response.json() == {
+        "error": {"code": code, "message": response.json()["error"]["message"]}
+    }
     assert response.json()["error"]["message"]
 
 
@@ -62,8 +78,10 @@ def assert_error(response: httpx.Response, status: int | tuple[int, ...], code: 
 def keyed(redis_server: RedisProcess) -> Iterator[ServiceProcess]:
     settings = {
         "redis_url": f"redis://127.0.0.1:{redis_server.port}/4",
-        "models": [{"name": SND_MODEL}, {"name": PLAIN_MODEL, "zoo": "resnet20-mnist",
-                                         "defense": {"kind": "none"}}],
+        "models": [
+            {"name": SND_MODEL},
+            {"name": PLAIN_MODEL, "zoo": "resnet20-mnist", "defense": {"kind": "none"}},
+        ],
         "api_keys": {sha256(secret): name for name, secret in KEYS.items()},
         "admin_token_sha256": sha256(ADMIN),
         "budgets": {"carol": 10, "key:frank": 5},
@@ -73,9 +91,12 @@ def keyed(redis_server: RedisProcess) -> Iterator[ServiceProcess]:
         yield server
 
 
-ADMIN_ROUTES = [("GET", "/usage", None), ("GET", "/usage/key:alice", None),
-                ("DELETE", "/usage/key:alice", None),
-                ("PUT", "/usage/key:alice/budget", {"budget": 1})]
+ADMIN_ROUTES = [
+    ("GET", "/usage", None),
+    ("GET", "/usage/key:alice", None),
+    ("DELETE", "/usage/key:alice", None),
+    ("PUT", "/usage/key:alice/budget", {"budget": 1}),
+]
 
 
 @pytest.mark.parametrize(("method", "path", "body"), ADMIN_ROUTES)
@@ -102,8 +123,14 @@ def test_admin_view_and_per_model_counts(keyed: ServiceProcess) -> None:
     assert predict(keyed, 2, KEYS["bob"], SND_MODEL).status_code == 200
     assert predict(keyed, 3, KEYS["bob"], PLAIN_MODEL).status_code == 200
     bob = usage(keyed, "key:bob")
-    assert bob == {"caller": "key:bob", "models": {PLAIN_MODEL: 3, SND_MODEL: 2}, "total": 5,
-                   "budget": 1000, "budget_source": "settings", "remaining": 995}
+    assert bob == {
+        "caller": "key:bob",
+        "models": {PLAIN_MODEL: 3, SND_MODEL: 2},
+        "total": 5,
+        "budget": 1000,
+        "budget_source": "settings",
+        "remaining": 995,
+    }
     listed = httpx.get(f"{keyed.url}/usage", headers=admin()).json()["callers"]
     assert bob in listed
     # the caller id may be URL-encoded
@@ -113,8 +140,9 @@ def test_admin_view_and_per_model_counts(keyed: ServiceProcess) -> None:
 
     reset = httpx.delete(f"{keyed.url}/usage/key:bob", headers=admin())
     assert reset.status_code == 200 and reset.json()["total"] == 0
-    assert "key:bob" not in [c["caller"] for c in
-                             httpx.get(f"{keyed.url}/usage", headers=admin()).json()["callers"]]
+    assert "key:bob" not in [
+        c["caller"] for c in httpx.get(f"{keyed.url}/usage", headers=admin()).json()["callers"]
+    ]
 
 
 def test_callers_see_only_their_own_usage(keyed: ServiceProcess) -> None:
@@ -125,8 +153,9 @@ def test_callers_see_only_their_own_usage(keyed: ServiceProcess) -> None:
     other = httpx.get(f"{keyed.url}/usage/key:alice", headers={"X-API-Key": KEYS["dave"]})
     assert_error(other, 401, "missing_admin_token")
     assert_error(httpx.get(f"{keyed.url}/usage/me"), 401, "missing_api_key")
-    assert_error(httpx.get(f"{keyed.url}/usage/me", headers={"X-API-Key": "guess"}), 401,
-                 "invalid_api_key")
+    assert_error(
+        httpx.get(f"{keyed.url}/usage/me", headers={"X-API-Key": "guess"}), 401, "invalid_api_key"
+    )
 
 
 def test_refused_requests_count_nothing(keyed: ServiceProcess) -> None:
@@ -136,10 +165,16 @@ def test_refused_requests_count_nothing(keyed: ServiceProcess) -> None:
         predict(keyed, 1, "not-a-key"),
         predict(keyed, 1, None),
         predict(keyed, 1, key, model="no-such-model"),
-        httpx.post(f"{keyed.url}/predict?output=label&shape=1,1,28,28", content=bad,
-                   headers={"X-API-Key": key, "Content-Type": "application/octet-stream"}),
-        httpx.post(f"{keyed.url}/predict?output=label&shape=1,1,27,28", content=images(1)[:-112],
-                   headers={"X-API-Key": key, "Content-Type": "application/octet-stream"}),
+        httpx.post(
+            f"{keyed.url}/predict?output=label&shape=1,1,28,28",
+            content=bad,
+            headers={"X-API-Key": key, "Content-Type": "application/octet-stream"},
+        ),
+        httpx.post(
+            f"{keyed.url}/predict?output=label&shape=1,1,27,28",
+            content=images(1)[:-112],
+            headers={"X-API-Key": key, "Content-Type": "application/octet-stream"},
+        ),
         httpx.post(f"{keyed.url}/predict", json={"inputs": []}, headers={"X-API-Key": key}),
     ]
     assert [r.status_code // 100 for r in refusals] == [4] * len(refusals)
@@ -162,13 +197,15 @@ def test_budget_exact_then_429_and_admin_budgets(keyed: ServiceProcess) -> None:
     assert_error(predict(keyed, 1, key, model=PLAIN_MODEL), 429, "budget_exhausted")
     assert usage(keyed, "key:carol")["total"] == 10
 
-    raised = httpx.put(f"{keyed.url}/usage/key:carol/budget", json={"budget": 12},
-                       headers=admin()).json()
+    raised = httpx.put(
+        f"{keyed.url}/usage/key:carol/budget", json={"budget": 12}, headers=admin()
+    ).json()
     assert (raised["budget"], raised["budget_source"], raised["remaining"]) == (12, "admin", 2)
     assert predict(keyed, 2, key).status_code == 200
     assert_error(predict(keyed, 1, key), 429, "budget_exhausted")
-    cleared = httpx.put(f"{keyed.url}/usage/key:carol/budget", json={"budget": None},
-                        headers=admin()).json()
+    cleared = httpx.put(
+        f"{keyed.url}/usage/key:carol/budget", json={"budget": None}, headers=admin()
+    ).json()
     assert (cleared["budget"], cleared["budget_source"], cleared["total"]) == (10, "settings", 12)
     assert_error(predict(keyed, 1, key), 429, "budget_exhausted")
     for bad in ({"budget": -1}, {"budget": "lots"}, {}, {"budget": 1, "extra": 2}):
@@ -198,43 +235,49 @@ def metric(server: ServiceProcess, name: str, **labels: str) -> float:
 
 def test_metrics_move_with_predictions_and_refusals(keyed: ServiceProcess) -> None:
     response = httpx.get(keyed.url + "/metrics")
-    assert response.status_code == 200 and response.headers["content-type"].startswith(
-        "text/plain")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     snd = {"model": SND_MODEL, "defense": "snd"}
     plain = {"model": PLAIN_MODEL, "defense": "none"}
     latency = {"method": "POST", "route": "/predict", "status": "200"}
-    before = (metric(keyed, "snd_queries_answered_total", **snd),
-              metric(keyed, "snd_queries_answered_total", **plain),
-              metric(keyed, "snd_refusals_total", reason="invalid_api_key"),
-              metric(keyed, "snd_request_duration_seconds_count", **latency))
+    before = (
+        metric(keyed, "snd_queries_answered_total", **snd),
+        metric(keyed, "snd_queries_answered_total", **plain),
+        metric(keyed, "snd_refusals_total", reason="invalid_api_key"),
+        metric(keyed, "snd_request_duration_seconds_count", **latency),
+    )
     assert predict(keyed, 3, KEYS["alice"]).status_code == 200
     assert predict(keyed, 2, KEYS["alice"], model=PLAIN_MODEL).status_code == 200
     assert predict(keyed, 1, "wrong").status_code == 401
-    after = (metric(keyed, "snd_queries_answered_total", **snd),
-             metric(keyed, "snd_queries_answered_total", **plain),
-             metric(keyed, "snd_refusals_total", reason="invalid_api_key"),
-             metric(keyed, "snd_request_duration_seconds_count", **latency))
+    after = (
+        metric(keyed, "snd_queries_answered_total", **snd),
+        metric(keyed, "snd_queries_answered_total", **plain),
+        metric(keyed, "snd_refusals_total", reason="invalid_api_key"),
+        metric(keyed, "snd_request_duration_seconds_count", **latency),
+    )
     assert [a - b for a, b in zip(after, before, strict=True)] == [3, 2, 1, 2]
     assert metric(keyed, "snd_request_duration_seconds_bucket", le="+Inf", **latency) == after[3]
     # unknown URLs are one label value, not one per path
     httpx.get(keyed.url + "/no/such/path/123")
-    assert metric(keyed, "snd_request_duration_seconds_count", route="unmatched",
-                  status="404") >= 1
+    assert metric(keyed, "snd_request_duration_seconds_count", route="unmatched", status="404") >= 1
     assert metric(keyed, "snd_refusals_total", reason="not_found") >= 1
 
 
 @pytest.fixture(scope="module")
 def open_untrusted(redis_server: RedisProcess) -> Iterator[ServiceProcess]:
-    settings = {"redis_url": f"redis://127.0.0.1:{redis_server.port}/5",
-                "admin_token_sha256": sha256(ADMIN)}
+    settings = {
+        "redis_url": f"redis://127.0.0.1:{redis_server.port}/5",
+        "admin_token_sha256": sha256(ADMIN),
+    }
     with ServiceProcess(settings) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def open_trusted(redis_server: RedisProcess) -> Iterator[ServiceProcess]:
-    settings = {"redis_url": f"redis://127.0.0.1:{redis_server.port}/6",
-                "trusted_proxies": ["127.0.0.1/32"]}
+    settings = {
+        "redis_url": f"redis://127.0.0.1:{redis_server.port}/6",
+        "trusted_proxies": ["127.0.0.1/32"],
+    }
     with ServiceProcess(settings) as server:
         yield server
 
@@ -245,8 +288,12 @@ SPOOFED = {"X-Forwarded-For": "203.0.113.7"}
 def test_spoofed_forwarded_for_does_not_change_the_caller(open_untrusted: ServiceProcess) -> None:
     assert predict(open_untrusted, 2).status_code == 200
     assert predict(open_untrusted, 3, headers=SPOOFED).status_code == 200
-    assert predict(open_untrusted, 1, headers={"X-Forwarded-For": "198.51.100.1, 10.0.0.1"}
-                   ).status_code == 200
+    assert (
+        predict(
+            open_untrusted, 1, headers={"X-Forwarded-For": "198.51.100.1, 10.0.0.1"}
+        ).status_code
+        == 200
+    )
     callers = httpx.get(f"{open_untrusted.url}/usage", headers=admin()).json()["callers"]
     assert [(c["caller"], c["total"]) for c in callers] == [("addr:127.0.0.1", 6)]
     me = httpx.get(f"{open_untrusted.url}/usage/me", headers=SPOOFED).json()

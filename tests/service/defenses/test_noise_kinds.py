@@ -53,8 +53,9 @@ def test_salt_pepper_is_independent_per_image_and_per_call() -> None:
 
 
 def test_salt_pepper_with_beta_scaling_has_per_image_std_k_sigma() -> None:
-    defense = SmallNoiseDefense(0.02, noise="salt_pepper", sp_amplitude=0.05,
-                                distribution="beta", alpha=2.0, beta=2.0)
+    defense = SmallNoiseDefense(
+        0.02, noise="salt_pepper", sp_amplitude=0.05, distribution="beta", alpha=2.0, beta=2.0
+    )
     k = added_noise(defense, 300).reshape(300, -1).std(axis=1) / 0.02
     assert abs(k.mean() - 0.5) < 0.06 and k.std() > 0.1
 

@@ -83,7 +83,7 @@ def test_noise_kinds_have_the_configured_std(kind: str) -> None:
 
 def test_describe_hides_parameters_on_request() -> None:
     defense = build_defense(DefenseSettings(kind="snd", sigma=0.02))
-    assert defense.describe() ["sigma"] == 0.02
+    assert defense.describe()["sigma"] == 0.02
     assert defense.describe(hide_params=True) == {"kind": "snd"}
 
 

@@ -15,8 +15,13 @@ import pytest
 from tests.servers import RedisProcess, ServiceProcess
 
 ADMIN = "hardening-admin-token"
-KEYS = {"matrix": "matrix-secret", "limits": "limits-secret", "fuzz": "fuzz-secret",
-        "leaks": "leaks-secret", "disconnect": "disconnect-secret"}
+KEYS = {
+    "matrix": "matrix-secret",
+    "limits": "limits-secret",
+    "fuzz": "fuzz-secret",
+    "leaks": "leaks-secret",
+    "disconnect": "disconnect-secret",
+}
 MAX_BATCH = 8
 MAX_BODY = 100_000
 IMAGE = (1, 28, 28)
@@ -39,9 +44,12 @@ def npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
 def good_request(server: ServiceProcess, key: str, n: int = 1) -> httpx.Response:
     """A valid raw float32 request of ``n`` grey images."""
     response = httpx.post(
-        f"{server.url}/predict", params={"shape": f"{n},1,28,28", "output": "label"},
+        f"{server.url}/predict",
+        params={"shape": f"{n},1,28,28", "output": "label"},
         content=np.full((n, *IMAGE), 0.5, np.float32).tobytes(),
-        headers={"Content-Type": "application/octet-stream", "X-API-Key": key}, timeout=60)
+        headers={"Content-Type": "application/octet-stream", "X-API-Key": key},
+        timeout=60,
+    )
     assert response.status_code == 200, response.text
     return response
 
@@ -80,9 +88,10 @@ def hardened(redis_server: RedisProcess) -> Iterator[ServiceProcess]:
     API keys, an admin token, Redis, small batch and body limits, debug logging."""
     settings = {
         "log_level": "debug",
-        "models": [{"name": MODEL},
-                   {"name": LABEL_ONLY, "zoo": MODEL, "label_only": True,
-                    "hide_defense_params": True}],
+        "models": [
+            {"name": MODEL},
+            {"name": LABEL_ONLY, "zoo": MODEL, "label_only": True, "hide_defense_params": True},
+        ],
         "redis_url": f"redis://127.0.0.1:{redis_server.port}/10",
         "api_keys": {sha256(secret): name for name, secret in KEYS.items()},
         "admin_token_sha256": sha256(ADMIN),

@@ -23,8 +23,15 @@ from tests.service.hardening.conftest import ADMIN, IMAGE, KEYS, MAX_BATCH
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 MAX_EXAMPLES = 40
 OPERATIONS = {
-    "POST /predict", "GET /models", "GET /healthz", "GET /readyz", "GET /metrics",
-    "GET /usage", "GET /usage/me", "GET /usage/{caller}", "DELETE /usage/{caller}",
+    "POST /predict",
+    "GET /models",
+    "GET /healthz",
+    "GET /readyz",
+    "GET /metrics",
+    "GET /usage",
+    "GET /usage/me",
+    "GET /usage/{caller}",
+    "DELETE /usage/{caller}",
     "PUT /usage/{caller}/budget",
 }
 
@@ -44,21 +51,42 @@ def deployed_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(
-        hardened: ServiceProcess, tmp_path: Path) -> None:
+    hardened: ServiceProcess, tmp_path: Path
+) -> None:
     schema = httpx.get(hardened.url + "/openapi.json", timeout=30).json()
-    operations = {f"{method.upper()} {path}" for path, item in schema["paths"].items()
-                  for method in item}
+    operations = {
+        f"{method.upper()} {path}" for path, item in schema["paths"].items() for method in item
+    }
     assert operations == OPERATIONS  # a new route must be added here (and is fuzzed)
     (tmp_path / "openapi.json").write_text(json.dumps(deployed_schema(schema)))
     report = tmp_path / "report.json"
     command = [
-        sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG),
-        "run", str(tmp_path / "openapi.json"), "--url", hardened.url,
-        "--max-examples", str(MAX_EXAMPLES), "--generation-deterministic",  # derandomized
-        "--workers", "1", "--request-timeout", "60",
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(CONFIG),
+        "run",
+        str(tmp_path / "openapi.json"),
+        "--url",
+        hardened.url,
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--generation-deterministic",  # derandomized
+        "--workers",
+        "1",
+        "--request-timeout",
+        "60",
         # the admin routes are fuzzed with a valid admin token, /predict with a valid key
-        "--header", f"Authorization: Bearer {ADMIN}", "--header", f"X-API-Key: {KEYS['fuzz']}",
-        "--no-color", "--report", "json", "--report-json-path", str(report),
+        "--header",
+        f"Authorization: Bearer {ADMIN}",
+        "--header",
+        f"X-API-Key: {KEYS['fuzz']}",
+        "--no-color",
+        "--report",
+        "json",
+        "--report-json-path",
+        str(report),
     ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-12000:] + run.stderr[-4000:]
@@ -70,5 +98,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(
     predict = result["valid_rates"]["POST /predict"]
     assert sum(phase["accepted"] for phase in predict.values()) >= 10, predict
     assert "unexpected error" not in hardened.log()  # nothing crashed a handler
-    print(f"schemathesis: {result['test_cases']['generated']} cases over "
-          f"{len(OPERATIONS)} operations ({MAX_EXAMPLES} examples per operation and phase)")
+    print(
+        f"schemathesis: {result['test_cases']['generated']} cases over "
+        f"{len(OPERATIONS)} operations ({MAX_EXAMPLES} examples per operation and phase)"
+    )

@@ -38,12 +38,16 @@ def loaded(redis_server: RedisProcess) -> Iterator[ServiceProcess]:
     """Room for one full batch waiting while another runs; a partial batch waits up to 1 s
     for company (so a small request is in flight for about a second). The last test of this
     module stops it with SIGTERM."""
-    settings = {"queue_max_images": BATCH, "max_batch": BATCH, "batch_max_images": BATCH,
-                "batch_wait_ms": 1000,
-                "redis_url": f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}",
-                # on a loaded test machine a 0.5 s Redis timeout can fire on a refund whose
-                # script did run; the retry would then refund twice (see docs/SECURITY.md)
-                "redis_timeout_s": 5}
+    settings = {
+        "queue_max_images": BATCH,
+        "max_batch": BATCH,
+        "batch_max_images": BATCH,
+        "batch_wait_ms": 1000,
+        "redis_url": f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}",
+        # on a loaded test machine a 0.5 s Redis timeout can fire on a refund whose
+        # script did run; the retry would then refund twice (see docs/SECURITY.md)
+        "redis_timeout_s": 5,
+    }
     with ServiceProcess(settings) as server:
         yield server
     assert "unexpected error" not in server.log()
@@ -57,13 +61,16 @@ def my_usage(server: ServiceProcess) -> int:
 
 
 def raw_request(n: int, seed: int = 0) -> dict[str, object]:
-    return {"content": np.random.default_rng(seed).random((n, *IMAGE), np.float32).tobytes(),
-            "params": {"shape": f"{n},1,28,28", "output": "label"},
-            "headers": {"Content-Type": "application/octet-stream"}}
+    return {
+        "content": np.random.default_rng(seed).random((n, *IMAGE), np.float32).tobytes(),
+        "params": {"shape": f"{n},1,28,28", "output": "label"},
+        "headers": {"Content-Type": "application/octet-stream"},
+    }
 
 
 def test_past_the_queue_503_with_retry_after_and_health_keeps_answering(
-        loaded: ServiceProcess) -> None:
+    loaded: ServiceProcess,
+) -> None:
     before = my_usage(loaded)
     request = raw_request(BATCH)
     done = threading.Event()
@@ -79,8 +86,10 @@ def test_past_the_queue_503_with_retry_after_and_health_keeps_answering(
 
     def hammer(_: int) -> list[httpx.Response]:
         with httpx.Client(timeout=60) as client:
-            return [client.post(loaded.url + "/predict", **request)  # type: ignore[arg-type]
-                    for _ in range(ROUNDS)]
+            return [
+                client.post(loaded.url + "/predict", **request)  # type: ignore[arg-type]
+                for _ in range(ROUNDS)
+            ]
 
     poller = threading.Thread(target=poll_health)
     poller.start()
@@ -108,8 +117,7 @@ def test_past_the_queue_503_with_retry_after_and_health_keeps_answering(
 def test_a_request_past_its_timeout_is_504_and_refunded() -> None:
     """In-process (the real app and lifespan over ASGI): a lone image waits 2 s for company,
     far past its 0.25 s timeout."""
-    settings = Settings(request_timeout_s=0.25, batch_wait_ms=2000, torch_threads=1,
-                        device="cpu")
+    settings = Settings(request_timeout_s=0.25, batch_wait_ms=2000, torch_threads=1, device="cpu")
     app = create_app(settings)
     body = np.full((1, *IMAGE), 0.5, np.float32).tobytes()
 
@@ -117,10 +125,14 @@ def test_a_request_past_its_timeout_is_504_and_refunded() -> None:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+
                 async def send() -> httpx.Response:
                     return await client.post(
-                        "/predict", content=body, params={"shape": "1,1,28,28"},
-                        headers={"Content-Type": "application/octet-stream"})
+                        "/predict",
+                        content=body,
+                        params={"shape": "1,1,28,28"},
+                        headers={"Content-Type": "application/octet-stream"},
+                    )
 
                 start = time.perf_counter()
                 responses = list(await asyncio.gather(send(), send(), send()))
@@ -152,7 +164,8 @@ def refused(port: int) -> bool:
 
 
 def test_sigterm_lets_in_flight_requests_finish_and_counts_stay_exact(
-        loaded: ServiceProcess, redis_server: RedisProcess) -> None:
+    loaded: ServiceProcess, redis_server: RedisProcess
+) -> None:
     """Runs last in this module: it stops the server."""
     assert loaded.proc is not None
     before = my_usage(loaded)
@@ -170,8 +183,7 @@ def test_sigterm_lets_in_flight_requests_finish_and_counts_stay_exact(
                 with lock:
                     pending[seed] = sent
                 try:
-                    outcome: int | str = client.post(
-                        loaded.url + "/predict", **request).status_code  # type: ignore[arg-type]
+                    outcome: int | str = client.post(loaded.url + "/predict", **request).status_code  # type: ignore[arg-type]
                 except httpx.TransportError as exc:
                     outcome = type(exc).__name__
                 with lock:
@@ -211,10 +223,13 @@ def test_sigterm_lets_in_flight_requests_finish_and_counts_stay_exact(
     in_flight = [r for r in records if r[0] < signalled - 0.3 and r[1] > signalled]
     assert in_flight and all(outcome == 200 for _, _, outcome in in_flight), records
     # everything the server answered after the signal was answered in full
-    assert {outcome for _, _, outcome in records} <= {200, "ConnectError", "RemoteProtocolError",
-                                                      "ReadError"}, records
+    assert {outcome for _, _, outcome in records} <= {
+        200,
+        "ConnectError",
+        "RemoteProtocolError",
+        "ReadError",
+    }, records
     answered = sum(1 for _, _, outcome in records if outcome == 200)
     # Redis, which outlives the server, holds exactly the images the clients saw answered
-    counts = redis.Redis(port=redis_server.port, db=REDIS_DB).hgetall(
-        "snd:usage:addr:127.0.0.1")
+    counts = redis.Redis(port=redis_server.port, db=REDIS_DB).hgetall("snd:usage:addr:127.0.0.1")
     assert sum(int(v) for v in counts.values()) - before == n * answered

@@ -1,10 +1,8 @@
 """The security model, each point with a test:
 
-* the app's routes are exactly the known set; none takes a URL or a path that loads a model or
-  reads a file (a model name is only ever a key of the served models);
-* admin routes refuse missing and wrong tokens: ``tests/service/api/test_usage.py``
-  (``test_admin_routes_refuse_missing_or_wrong_tokens``); here, that every admin route depends
-  on the admin check at all;
+* the app's routes are exactly the known set, and every admin route depends on the admin check:
+  ``test_routes.py``; admin routes refuse missing and wrong tokens:
+  ``tests/service/api/test_usage.py`` (``test_admin_routes_refuse_missing_or_wrong_tokens``);
 * a label-only model leaks no scores on any route, header or error;
 * no noise value or generator seed appears in any response or log line, and responses carry
   only their documented keys;
@@ -14,7 +12,6 @@
 from __future__ import annotations
 
 import ast
-import asyncio
 import json
 import logging
 import re
@@ -27,11 +24,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from fastapi.routing import APIRoute
 
-from service.api.deps import require_admin
-from service.app import create_app
-from service.config import DefenseSettings, Settings
+from service.config import DefenseSettings
 from service.defenses import build_defense
 from tests.servers import ROOT, ServiceProcess
 from tests.service.hardening.conftest import (
@@ -43,89 +37,17 @@ from tests.service.hardening.conftest import (
     npy,
 )
 
-ROUTES = {
-    ("POST", "/predict"), ("GET", "/models"), ("GET", "/healthz"), ("GET", "/readyz"),
-    ("GET", "/metrics"), ("GET", "/usage"), ("GET", "/usage/me"), ("GET", "/usage/{caller}"),
-    ("DELETE", "/usage/{caller}"), ("PUT", "/usage/{caller}/budget"),
-    # FastAPI's own documentation routes: static HTML and the schema
-    ("GET", "/openapi.json"), ("HEAD", "/openapi.json"), ("GET", "/docs"), ("HEAD", "/docs"),
-    ("GET", "/docs/oauth2-redirect"), ("HEAD", "/docs/oauth2-redirect"), ("GET", "/redoc"),
-    ("HEAD", "/redoc"),
-}
-# every parameter any route reads, by where it comes from
-PARAMETERS = {
-    ("query", "model"), ("query", "output"), ("query", "shape"), ("header", "x-shape"),
-    ("header", "x-api-key"), ("header", "authorization"), ("path", "caller"), ("body", "update"),
-}
-ADMIN_ROUTES = {("GET", "/usage"), ("GET", "/usage/{caller}"), ("DELETE", "/usage/{caller}"),
-                ("PUT", "/usage/{caller}/budget")}
-
-
-def flat_routes(routes: list[Any]) -> Iterator[Any]:
-    """Every route, also those of included routers (FastAPI keeps them lazily wrapped)."""
-    for route in routes:
-        if hasattr(route, "effective_route_contexts"):
-            yield from (context.original_route for context in route.effective_route_contexts())
-        elif hasattr(route, "routes"):
-            yield from flat_routes(route.routes)
-        else:
-            yield route
-
-
-def parameters(dependant: Any) -> set[tuple[str, str]]:
-    found = {(kind, p.alias.lower()) for kind in ("query", "path", "header", "cookie", "body")
-             for p in getattr(dependant, f"{kind}_params")}
-    for sub in dependant.dependencies:
-        found |= parameters(sub)
-    return found
-
-
-def dependency_calls(dependant: Any) -> set[Any]:
-    calls = {dependant.call}
-    for sub in dependant.dependencies:
-        calls |= dependency_calls(sub)
-    return calls
-
-
-def test_the_routes_are_exactly_the_known_set() -> None:
-    app = create_app(Settings())
-    routes = list(flat_routes(app.routes))
-    assert {(method, route.path) for route in routes
-            for method in getattr(route, "methods", None) or {"(not http)"}} == ROUTES
-    api_routes = [route for route in routes if isinstance(route, APIRoute)]
-    found = set().union(*(parameters(route.dependant) for route in api_routes))
-    # no route takes a URL, a file path, a weights or zoo name: a new parameter is reviewed here
-    assert found == PARAMETERS
-    assert not {name for _, name in found} & {"url", "path", "file", "weights", "zoo",
-                                              "checkpoint", "filename"}
-    for route in api_routes:
-        admin = any(method for method in route.methods or ()
-                    if (method, route.path) in ADMIN_ROUTES)
-        assert (require_admin in dependency_calls(route.dependant)) == admin, route.path
-
-
-def test_405_names_every_method_of_the_path() -> None:
-    """Starlette alone would answer ``Allow: GET`` for a POST to /usage/{caller}."""
-    app = create_app(Settings())
-
-    async def ask(method: str, path: str) -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return await client.request(method, path)
-
-    for method, path, allow in (("POST", "/usage/key:x", "DELETE, GET"),
-                                ("GET", "/predict", "POST"), ("PATCH", "/usage/key:x/budget",
-                                                              "PUT")):
-        response = asyncio.run(ask(method, path))
-        assert_json_error(response, 405, "method_not_allowed")
-        assert response.headers["Allow"] == allow
-
-
-# ---- label-only: no scores anywhere -----------------------------------------------------------
-
 NUM_CLASSES = 10
-HEADERS_ALLOWED = {"date", "server", "content-length", "content-type", "connection",
-                   "x-queries-used", "x-queries-remaining", "retry-after"}
+HEADERS_ALLOWED = {
+    "date",
+    "server",
+    "content-length",
+    "content-type",
+    "connection",
+    "x-queries-used",
+    "x-queries-remaining",
+    "retry-after",
+}
 
 
 def score_vectors(value: Any) -> Iterator[Any]:
@@ -170,35 +92,76 @@ def test_a_label_only_model_leaks_no_scores(hardened: ServiceProcess) -> None:
     as_npy = {"Content-Type": "application/x-npy", **auth}
     as_raw = {"Content-Type": "application/octet-stream", **auth}
     refused = [  # every way to ask for scores: 403, counted nothing
-        httpx.post(f"{url}/predict", headers=auth, timeout=30,
-                   json={"model": LABEL_ONLY, "inputs": x.tolist(), "output": "scores"}),
-        httpx.post(f"{url}/predict", headers=auth, timeout=30, params={"output": "scores"},
-                   json={"model": LABEL_ONLY, "inputs": x.tolist()}),
-        httpx.post(f"{url}/predict", headers=as_npy, content=npy(x), timeout=30,
-                   params={"model": LABEL_ONLY, "output": "scores"}),
-        httpx.post(f"{url}/predict", headers=as_raw, content=x.tobytes(), timeout=30,
-                   params={"model": LABEL_ONLY, "output": "scores", "shape": "2,1,28,28"}),
+        httpx.post(
+            f"{url}/predict",
+            headers=auth,
+            timeout=30,
+            json={"model": LABEL_ONLY, "inputs": x.tolist(), "output": "scores"},
+        ),
+        httpx.post(
+            f"{url}/predict",
+            headers=auth,
+            timeout=30,
+            params={"output": "scores"},
+            json={"model": LABEL_ONLY, "inputs": x.tolist()},
+        ),
+        httpx.post(
+            f"{url}/predict",
+            headers=as_npy,
+            content=npy(x),
+            timeout=30,
+            params={"model": LABEL_ONLY, "output": "scores"},
+        ),
+        httpx.post(
+            f"{url}/predict",
+            headers=as_raw,
+            content=x.tobytes(),
+            timeout=30,
+            params={"model": LABEL_ONLY, "output": "scores", "shape": "2,1,28,28"},
+        ),
     ]
     for response in refused:
         assert_json_error(response, 403, "label_only")
     answered = [
-        httpx.post(f"{url}/predict", headers=auth, timeout=30,
-                   json={"model": LABEL_ONLY, "inputs": x.tolist()}),
-        httpx.post(f"{url}/predict", headers=as_npy, content=npy(x), timeout=30,
-                   params={"model": LABEL_ONLY, "output": "label"}),
-        httpx.post(f"{url}/predict", headers=as_raw, content=x.tobytes(), timeout=30,
-                   params={"model": LABEL_ONLY, "shape": "2,1,28,28"}),
+        httpx.post(
+            f"{url}/predict",
+            headers=auth,
+            timeout=30,
+            json={"model": LABEL_ONLY, "inputs": x.tolist()},
+        ),
+        httpx.post(
+            f"{url}/predict",
+            headers=as_npy,
+            content=npy(x),
+            timeout=30,
+            params={"model": LABEL_ONLY, "output": "label"},
+        ),
+        httpx.post(
+            f"{url}/predict",
+            headers=as_raw,
+            content=x.tobytes(),
+            timeout=30,
+            params={"model": LABEL_ONLY, "shape": "2,1,28,28"},
+        ),
     ]
     for response in answered:
         assert response.status_code == 200, response.text
         assert set(response.json()) == {"model", "labels"}
     # errors about the label-only model (bad input of every stage) carry no scores either
     errors = [
-        httpx.post(f"{url}/predict", headers=as_raw, content=np.full((1, *IMAGE), np.nan,
-                   np.float32).tobytes(), params={"model": LABEL_ONLY, "shape": "1,1,28,28"}),
+        httpx.post(
+            f"{url}/predict",
+            headers=as_raw,
+            content=np.full((1, *IMAGE), np.nan, np.float32).tobytes(),
+            params={"model": LABEL_ONLY, "shape": "1,1,28,28"},
+        ),
         httpx.post(f"{url}/predict", headers=auth, json={"model": LABEL_ONLY, "inputs": [[1]]}),
-        httpx.post(f"{url}/predict", headers=as_raw, content=b"x",
-                   params={"model": LABEL_ONLY, "shape": "1,1,28,28", "output": "scores"}),
+        httpx.post(
+            f"{url}/predict",
+            headers=as_raw,
+            content=b"x",
+            params={"model": LABEL_ONLY, "shape": "1,1,28,28", "output": "scores"},
+        ),
     ]
     assert all(400 <= r.status_code < 500 for r in errors)
     # the count moved by the answered images only
@@ -218,17 +181,40 @@ def test_a_label_only_model_leaks_no_scores(hardened: ServiceProcess) -> None:
 # ---- no noise, no seed; only documented keys --------------------------------------------------
 
 FLOAT_ARRAY = re.compile(r"-?\d+\.\d+(?:e-?\d+)?(?:,\s*-?\d+\.\d+(?:e-?\d+)?){7,}")
-DEFENSE_KEYS = {"kind", "sigma", "noise", "distribution", "alpha", "beta", "clip",
-                "sp_amplitude", "min_scale", "max_scale", "interpolation"}
-MODEL_KEYS = {"name", "architecture", "input_shape", "num_classes", "classes", "defense",
-              "outputs", "default"}
+DEFENSE_KEYS = {
+    "kind",
+    "sigma",
+    "noise",
+    "distribution",
+    "alpha",
+    "beta",
+    "clip",
+    "sp_amplitude",
+    "min_scale",
+    "max_scale",
+    "interpolation",
+}
+MODEL_KEYS = {
+    "name",
+    "architecture",
+    "input_shape",
+    "num_classes",
+    "classes",
+    "defense",
+    "outputs",
+    "default",
+}
 
 
 def test_responses_carry_only_documented_keys(hardened: ServiceProcess) -> None:
     x = np.random.default_rng(2).random((3, *IMAGE), np.float32)
-    body = httpx.post(f"{hardened.url}/predict", content=npy(x), params={"output": "scores"},
-                      headers={"Content-Type": "application/x-npy",
-                               "X-API-Key": KEYS["leaks"]}, timeout=30).json()
+    body = httpx.post(
+        f"{hardened.url}/predict",
+        content=npy(x),
+        params={"output": "scores"},
+        headers={"Content-Type": "application/x-npy", "X-API-Key": KEYS["leaks"]},
+        timeout=30,
+    ).json()
     assert set(body) == {"model", "labels", "scores"}
     assert np.array(body["scores"]).shape == (3, NUM_CLASSES)
     for model in httpx.get(f"{hardened.url}/models").json()["models"]:
@@ -243,9 +229,13 @@ def test_the_debug_log_holds_no_seed_noise_or_scores(hardened: ServiceProcess) -
     names no seed and holds no vector of numbers (noise, images or scores)."""
     x = np.random.default_rng(3).random((2, *IMAGE), np.float32)
     for model in (MODEL, LABEL_ONLY):
-        response = httpx.post(f"{hardened.url}/predict", content=npy(x), params={"model": model},
-                              headers={"Content-Type": "application/x-npy",
-                                       "X-API-Key": KEYS["leaks"]}, timeout=30)
+        response = httpx.post(
+            f"{hardened.url}/predict",
+            content=npy(x),
+            params={"model": model},
+            headers={"Content-Type": "application/x-npy", "X-API-Key": KEYS["leaks"]},
+            timeout=30,
+        )
         assert response.status_code == 200
     log = hardened.log()
     assert "DEBUG" in log  # the level really was debug
@@ -253,16 +243,21 @@ def test_the_debug_log_holds_no_seed_noise_or_scores(hardened: ServiceProcess) -
     assert not FLOAT_ARRAY.search(log), FLOAT_ARRAY.search(log)
 
 
-@pytest.mark.parametrize("defense", [
-    DefenseSettings(kind="snd", sigma=0.02),
-    DefenseSettings(kind="snd", sigma=0.02, distribution="beta", alpha=2, beta=5, clip=True),
-    DefenseSettings(kind="snd", sigma=0.02, noise="uniform"),
-    DefenseSettings(kind="snd", sigma=0.02, noise="laplace"),
-    DefenseSettings(kind="snd", sigma=0.02, noise="salt_pepper"),
-    DefenseSettings(kind="rp"),
-], ids=lambda d: f"{d.kind}-{d.noise}-{d.distribution}")
+@pytest.mark.parametrize(
+    "defense",
+    [
+        DefenseSettings(kind="snd", sigma=0.02),
+        DefenseSettings(kind="snd", sigma=0.02, distribution="beta", alpha=2, beta=5, clip=True),
+        DefenseSettings(kind="snd", sigma=0.02, noise="uniform"),
+        DefenseSettings(kind="snd", sigma=0.02, noise="laplace"),
+        DefenseSettings(kind="snd", sigma=0.02, noise="salt_pepper"),
+        DefenseSettings(kind="rp"),
+    ],
+    ids=lambda d: f"{d.kind}-{d.noise}-{d.distribution}",
+)
 def test_defenses_never_log_and_never_describe_their_seed(
-        defense: DefenseSettings, caplog: pytest.LogCaptureFixture) -> None:
+    defense: DefenseSettings, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     built = build_defense(defense)
     x = torch.rand(4, *IMAGE)
@@ -280,8 +275,9 @@ def test_defenses_never_log_and_never_describe_their_seed(
 
 
 def python_files() -> list[Path]:
-    listed = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True,
-                            text=True, check=False)
+    listed = subprocess.run(
+        ["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     if listed.returncode == 0 and listed.stdout.strip():
         return [ROOT / line for line in listed.stdout.splitlines()]
     return [p for p in ROOT.rglob("*.py") if not {".venv", ".git"} & set(p.parts)]
@@ -312,8 +308,11 @@ def test_every_torch_load_is_weights_only_and_nothing_unpickles() -> None:
                 flag = keyword(node, "weights_only")
                 if not (isinstance(flag, ast.Constant) and flag.value is True):
                     offenders.append(f"{where} torch.load without weights_only=True")
-            elif owner in {"pickle", "cPickle", "dill", "joblib"} and node.func.attr in {
-                    "load", "loads"} and str(path.relative_to(ROOT)) not in CIFAR_PICKLES:
+            elif (
+                owner in {"pickle", "cPickle", "dill", "joblib"}
+                and node.func.attr in {"load", "loads"}
+                and str(path.relative_to(ROOT)) not in CIFAR_PICKLES
+            ):
                 offenders.append(f"{where} {owner}.{node.func.attr}")
             elif (owner, node.func.attr) in {("np", "load"), ("numpy", "load")}:
                 flag = keyword(node, "allow_pickle")

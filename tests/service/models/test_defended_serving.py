@@ -17,11 +17,13 @@ ENDPOINTS = [
     {"name": "rse", "zoo": "resnet20-mnist-rse", "defense": {"kind": "none"}},
     {"name": "pni", "zoo": "resnet20-mnist-pni", "defense": {"kind": "none"}},
     {"name": "pgdat", "zoo": "resnet20-mnist-pgdat", "defense": {"kind": "none"}},
-    {"name": "pgdat-snd", "zoo": "resnet20-mnist-pgdat",
-     "defense": {"kind": "snd", "sigma": 0.01}},
+    {"name": "pgdat-snd", "zoo": "resnet20-mnist-pgdat", "defense": {"kind": "snd", "sigma": 0.01}},
     {"name": "rp", "zoo": "resnet20-mnist", "defense": {"kind": "rp"}},
-    {"name": "snd-salt-pepper", "zoo": "resnet20-mnist",
-     "defense": {"kind": "snd", "sigma": 0.01, "noise": "salt_pepper", "sp_amplitude": 0.1}},
+    {
+        "name": "snd-salt-pepper",
+        "zoo": "resnet20-mnist",
+        "defense": {"kind": "snd", "sigma": 0.01, "noise": "salt_pepper", "sp_amplitude": 0.1},
+    },
 ]
 
 
@@ -44,9 +46,13 @@ def test_each_endpoint_answers_a_predict(defended_server: ServiceProcess, name: 
     test = mnist_test_split()
     buf = io.BytesIO()
     np.save(buf, test.images[:8])
-    r = httpx.post(defended_server.url + "/predict", content=buf.getvalue(),
-                   params={"model": name, "output": "scores"},
-                   headers={"Content-Type": "application/x-npy"}, timeout=60)
+    r = httpx.post(
+        defended_server.url + "/predict",
+        content=buf.getvalue(),
+        params={"model": name, "output": "scores"},
+        headers={"Content-Type": "application/x-npy"},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     scores = np.array(r.json()["scores"])
     assert scores.shape == (8, 10)

@@ -23,9 +23,11 @@ from tests.servers import ServiceProcess
 def write_cifar_batches(directory: Path, per_batch: int = 20, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"labels": rng.integers(0, 10, per_batch).tolist(),
-                 b"batch_label": name.encode()}
+        batch = {
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"labels": rng.integers(0, 10, per_batch).tolist(),
+            b"batch_label": name.encode(),
+        }
         with (directory / name).open("wb") as fh:
             pickle.dump(batch, fh)
 
@@ -59,18 +61,37 @@ def test_cifar10_local_batches(tmp_path: Path) -> None:
 def test_cifar10_train_then_serve(tmp_path: Path) -> None:
     write_cifar_batches(tmp_path)
     weights, card = tmp_path / "resnet20-cifar10.pt", tmp_path / "card.md"
-    train_main(["--model", "resnet20-cifar10", "--data-dir", str(tmp_path), "--epochs", "1",
-                "--batch-size", "50", "--out", str(weights), "--card", str(card)])
+    train_main(
+        [
+            "--model",
+            "resnet20-cifar10",
+            "--data-dir",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "50",
+            "--out",
+            str(weights),
+            "--card",
+            str(card),
+        ]
+    )
     assert "sha256" in card.read_text()
-    with ServiceProcess({"model": "resnet20-cifar10", "weights": str(weights),
-                         "defense": "snd", "sigma": 0.01}) as server:
+    with ServiceProcess(
+        {"model": "resnet20-cifar10", "weights": str(weights), "defense": "snd", "sigma": 0.01}
+    ) as server:
         info = httpx.get(server.url + "/models").json()["models"][0]
         assert info["input_shape"] == [3, 32, 32] and info["classes"][9] == "truck"
         x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
         buf = io.BytesIO()
         np.save(buf, x)
-        r = httpx.post(server.url + "/predict", content=buf.getvalue(),
-                       headers={"Content-Type": "application/x-npy"}, timeout=30)
+        r = httpx.post(
+            server.url + "/predict",
+            content=buf.getvalue(),
+            headers={"Content-Type": "application/x-npy"},
+            timeout=30,
+        )
         assert r.status_code == 200 and len(r.json()["scores"][0]) == 10
 
 
@@ -80,9 +101,13 @@ def test_resnet50_from_a_local_file(tmp_path: Path) -> None:
     torch.manual_seed(0)
     path = tmp_path / "resnet50.pth"
     torch.save(resnet50(weights=None).state_dict(), path)  # torchvision's plain format
-    host = ModelHost.load(ModelSettings(name="resnet50-imagenet", weights=path,
-                                        defense={"kind": "snd", "sigma": 0.01}),
-                          torch.device("cpu"), allow_download=False)
+    host = ModelHost.load(
+        ModelSettings(
+            name="resnet50-imagenet", weights=path, defense={"kind": "snd", "sigma": 0.01}
+        ),
+        torch.device("cpu"),
+        allow_download=False,
+    )
     probs = host.forward(np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32))
     assert probs.shape == (1, 1000) and probs.sum() == pytest.approx(1.0, abs=1e-4)
 
@@ -133,8 +158,9 @@ def test_bf16_autocast_keeps_the_answers() -> None:
     a, b = fp32.forward(x), bf16.forward(x)
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.98
     assert np.abs(a - b).max() < 0.1 and (b.argmax(1) == y).mean() >= 0.95
-    tiny = ModelHost.load(ModelSettings(defense={"kind": "snd", "sigma": 0.01}), device, False,
-                          "bf16")
+    tiny = ModelHost.load(
+        ModelSettings(defense={"kind": "snd", "sigma": 0.01}), device, False, "bf16"
+    )
     assert not np.array_equal(tiny.forward(x[:4]), tiny.forward(x[:4]))
     with pytest.raises(ValueError, match="CUDA"):
         ModelHost.load(ModelSettings(), device, False, "fp16")

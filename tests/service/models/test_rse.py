@@ -24,7 +24,8 @@ def test_prediction_is_the_mean_softmax_of_5_noisy_passes() -> None:
     model = rse_resnet20().eval()
     seen: list[tuple[int, torch.Tensor]] = []
     model.net.register_forward_hook(
-        lambda _m, inputs, out: seen.append((inputs[0].shape[0], out.detach().clone())))
+        lambda _m, inputs, out: seen.append((inputs[0].shape[0], out.detach().clone()))
+    )
     x = torch.rand(3, 1, 28, 28)
     with torch.inference_mode():
         out = model(x)
