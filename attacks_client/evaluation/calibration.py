@@ -27,6 +27,7 @@ from attacks_client.evaluation.measures import success_counts
 from attacks_client.evaluation.plots import plot_calibration
 from attacks_client.evaluation.runs import Run
 from attacks_client.evaluation.tables import markdown_table
+from attacks_client.oracles import HttpOracle
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +151,10 @@ def sigma_of(defense: dict[str, Any]) -> float:
     """The σ of an endpoint's defense as ``GET /models`` described it (0 undefended)."""
     if defense.get("kind") == "none":
         return 0.0
-    if defense.get("kind") == "snd" and "sigma" in defense:
-        return float(defense["sigma"])
+    if defense.get("kind") == "snd":
+        if "sigma" in defense:
+            return float(defense["sigma"])
+        raise ValueError("the gateway hides this model's σ (hide_defense_params)")
     raise ValueError(
         f"cannot calibrate a {defense.get('kind', 'hidden')!r} defense: give models behind SND "
         "(or none) whose parameters the gateway shows"
@@ -312,7 +315,14 @@ def calibrate(
     command: str = "python -m attacks_client calibrate",
 ) -> Calibration:
     """Measure every σ of ``plan`` into ``out_dir`` (resuming what is there), then write the
-    calibration page, CSV and plot."""
+    calibration page, CSV and plot. A gateway's models are checked first: each must show its σ."""
+    if plan.url is not None:
+        for model in plan.models:
+            with HttpOracle(plan.url, model, api_key=plan.eval_api_key or plan.api_key) as oracle:
+                try:
+                    sigma_of(oracle.defense)
+                except ValueError as exc:
+                    raise ValueError(f"model {model!r}: {exc}") from None
     evaluate(calibration_experiment(plan), out_dir, workers=workers, progress=progress)
     run = Run.load(out_dir)
     rows = calibration_rows(run)

@@ -20,6 +20,7 @@ from attacks_client.evaluation.calibration import (
     choose_sigma,
     sigma_of,
 )
+from tests.servers import ServiceProcess
 
 
 def row(sigma: float, accuracy: float) -> CalibrationRow:
@@ -48,6 +49,8 @@ def test_the_largest_sigma_within_the_drop_is_chosen() -> None:
 def test_sigma_is_read_from_the_defense_and_a_hidden_one_is_refused() -> None:
     assert sigma_of({"kind": "none"}) == 0.0
     assert sigma_of({"kind": "snd", "sigma": 0.002}) == 0.002
+    with pytest.raises(ValueError, match="hides"):
+        sigma_of({"kind": "snd"})
     with pytest.raises(ValueError, match="hidden"):
         sigma_of({})
     with pytest.raises(ValueError, match="'rp'"):
@@ -117,3 +120,34 @@ def test_a_tiny_sweep_end_to_end_and_resumed(
     assert main(["calibrate", "--sigmas", "0", "0.01", "--out", str(out), *changed]) == 2
     assert "budget" in capsys.readouterr().err
     assert not math.isnan(clean)
+
+
+def test_a_running_gateway_is_calibrated_by_its_models(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = [
+        {"name": "plain", "zoo": "resnet20-mnist", "defense": {"kind": "none"}},
+        {"name": "noisy", "zoo": "resnet20-mnist", "defense": {"kind": "snd", "sigma": 0.02}},
+        {
+            "name": "hidden",
+            "zoo": "resnet20-mnist",
+            "defense": {"kind": "snd", "sigma": 0.02},
+            "hide_defense_params": True,
+        },
+    ]
+    out = tmp_path / "gateway"
+    with ServiceProcess({"models": models}) as server:
+        args = ["calibrate", "--url", server.url, *TINY]
+        assert main([*args, "--out", str(out), "--models", "plain", "noisy"]) == 0
+        with (out / "calibration.csv").open() as fh:
+            table = list(csv.DictReader(fh))
+        assert [(r["endpoint"], float(r["sigma"])) for r in table] == [
+            ("plain", 0.0),
+            ("noisy", 0.02),
+        ]
+        # a model whose σ the gateway hides cannot be calibrated: a clear error, exit 2
+        capsys.readouterr()
+        hidden = ["--out", str(tmp_path / "hidden"), "--models", "plain", "hidden"]
+        assert main([*args, *hidden]) == 2
+        assert "'hidden'" in capsys.readouterr().err
+        assert not (tmp_path / "hidden" / "records.jsonl").exists()  # refused before attacking
