@@ -59,7 +59,7 @@ def configure_calibrate(parser: argparse.ArgumentParser) -> None:
     quick = parser.add_argument_group("the quick attacks")
     quick.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS), choices=list(ATTACKS))
     quick.add_argument("--images", type=int, default=5, help="images attacked per σ")
-    quick.add_argument("--budget", type=int, default=1000, help="queries per image")
+    quick.add_argument("--budget", type=int, default=2000, help="queries per image")
     quick.add_argument("--epsilon", type=float, default=1.5, help="L2 radius of success")
     quick.add_argument("--eval-draws", type=int, default=10, help="evaluator draws per verdict")
     quick.add_argument("--seed", type=int, default=0)

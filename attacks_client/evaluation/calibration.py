@@ -31,7 +31,7 @@ from attacks_client.oracles import HttpOracle
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGMAS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)
+DEFAULT_SIGMAS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 DEFAULT_ATTACKS = ("hsja", "simba-dct", "bandit-td")
 FILES = ("calibration.md", "calibration.csv", "calibration.png")
 
@@ -45,7 +45,7 @@ class CalibrationPlan:
     sigmas: tuple[float, ...] = DEFAULT_SIGMAS
     attacks: tuple[str, ...] = DEFAULT_ATTACKS
     images: int = 5
-    budget: int = 1000
+    budget: int = 2000
     epsilon: float = 1.5
     max_accuracy_drop: float = 0.5
     accuracy_repeats: int = 5
@@ -235,10 +235,15 @@ def verdict(rows: Sequence[CalibrationRow], choice: CalibrationRow | None, max_d
         f"{baseline.sigma:g})"
         for a in choice.successes
     )
+    edge = (
+        " It is the largest σ swept: extend --sigmas upward to find where accuracy gives way."
+        if choice.sigma == max(r.sigma for r in rows) and len(rows) > 1
+        else ""
+    )
     return (
         f"Run σ = {choice.sigma:g}: the largest σ measured whose clean accuracy "
         f"({choice.accuracy:.2f}%) is within {max_drop:g} points of σ = {baseline.sigma:g}'s "
-        f"({baseline.accuracy:.2f}%). Attack success there: {attacks or 'not measured'}."
+        f"({baseline.accuracy:.2f}%). Attack success there: {attacks or 'not measured'}.{edge}"
     )
 
 

@@ -95,7 +95,13 @@ def plot_calibration(
         x, accuracy, yerr=accuracy_std, color="black", marker="o", capsize=3, label="clean accuracy"
     )
     if accuracy_floor is not None:
-        left.axhline(accuracy_floor, color="black", linestyle=":", linewidth=0.8)
+        left.axhline(
+            accuracy_floor,
+            color="black",
+            linestyle=":",
+            linewidth=0.8,
+            label="accuracy floor of the choice",
+        )
     left.set(xscale="log", xlabel="σ (SND noise std)", ylabel="clean accuracy (%)")
     right = left.twinx()
     for attack, values in success.items():
@@ -105,7 +111,7 @@ def plot_calibration(
         left.axvline(
             chosen if chosen > 0 else zero_at,
             color="tab:green",
-            alpha=0.5,
+            alpha=0.25,
             linewidth=6,
             label=f"chosen σ = {chosen:g}",
         )

@@ -19,6 +19,7 @@ from attacks_client.evaluation.calibration import (
     calibration_experiment,
     choose_sigma,
     sigma_of,
+    verdict,
 )
 from tests.servers import ServiceProcess
 
@@ -151,3 +152,12 @@ def test_a_running_gateway_is_calibrated_by_its_models(
         assert main([*args, *hidden]) == 2
         assert "'hidden'" in capsys.readouterr().err
         assert not (tmp_path / "hidden" / "records.jsonl").exists()  # refused before attacking
+
+
+def test_the_verdict_names_the_choice_and_warns_at_the_edge_of_the_sweep() -> None:
+    rows = [row(0, 98.0), row(0.01, 97.9), row(0.02, 97.0)]
+    inside = verdict(rows, choose_sigma(rows, 0.5), 0.5)
+    assert inside.startswith("Run σ = 0.01:") and "extend --sigmas" not in inside
+    edge = verdict(rows, choose_sigma(rows, 2.0), 2.0)
+    assert edge.startswith("Run σ = 0.02:") and "extend --sigmas upward" in edge
+    assert verdict([], None, 0.5) == "No σ was measured."
