@@ -10,7 +10,8 @@
 #   EDITABLE=1        pip install -e (0: a regular, non-editable install)
 #   INSTALL_REDIS=1   install redis-server with apt-get when it is missing (the tests need it)
 #   TORCH_INDEX=      a PyTorch wheel index for torch/torchvision first, e.g.
-#                     https://download.pytorch.org/whl/cpu or .../whl/cu124; empty: plain PyPI
+#                     https://download.pytorch.org/whl/cpu or .../whl/cu124; empty: pip's own
+#                     index (and find-links), first only with --torch-only
 #   PYTHON=python3.11 the interpreter that creates the venv (or installs, with VENV empty)
 #   DRY_RUN=1         print the commands instead of running them
 set -euo pipefail
@@ -49,11 +50,12 @@ else
     PY="$PYTHON"
 fi
 
-if [ -n "$TORCH_INDEX" ]; then
+if [ -n "$TORCH_INDEX" ] || [ "$TORCH_ONLY" = 1 ]; then
     # the pins live in pyproject.toml only; a local tag (2.14.1+cpu) satisfies torch==2.14.1
     mapfile -t TORCH_PINS < <(sed -n 's/^ *"\(torch[a-z]*==[^"]*\)".*/\1/p' pyproject.toml)
     [ "${#TORCH_PINS[@]}" -gt 0 ] || { echo "install.sh: no torch pin in pyproject.toml" >&2; exit 1; }
-    run "$PY" -m pip install -q --index-url "$TORCH_INDEX" "${TORCH_PINS[@]}"
+    # no TORCH_INDEX: pip's own index and find-links (a local wheel directory)
+    run "$PY" -m pip install -q ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "${TORCH_PINS[@]}"
 fi
 [ "$TORCH_ONLY" = 1 ] && exit 0
 
