@@ -21,10 +21,18 @@ log = logging.getLogger(__name__)
 
 
 def build_counter(settings: Settings) -> QueryCounter:
-    if settings.redis_url:
+    if settings.redis_url or settings.redis_mode == "sentinel":
         from service.redis_counter import RedisCounter
 
-        return RedisCounter(settings.redis_url, timeout=settings.redis_timeout_s)
+        return RedisCounter(
+            settings.redis_url,
+            mode=settings.redis_mode,
+            sentinels=settings.redis_sentinels,
+            master_name=settings.redis_master_name,
+            prefix=settings.redis_prefix,
+            wait_replicas=settings.redis_wait_replicas,
+            timeout=settings.redis_timeout_s,
+        )
     log.info("no redis_url: counting in memory (single process only)")
     return MemoryCounter()
 

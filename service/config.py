@@ -114,7 +114,23 @@ class Settings(BaseSettings):
     )
 
     # accounting and auth
-    redis_url: str | None = Field(None, description="redis://...; unset = in-memory counter")
+    redis_url: str | None = Field(
+        None, description="redis://... (cluster: any node's); unset = in-memory counter"
+    )
+    redis_mode: Literal["standalone", "sentinel", "cluster"] = Field(
+        "standalone", description="one Redis, a Sentinel-managed primary, or a Redis Cluster"
+    )
+    redis_sentinels: list[str] = Field(
+        default_factory=list, description="sentinel mode: the Sentinels' host:port addresses"
+    )
+    redis_master_name: str = Field("mymaster", description="sentinel mode: the master's name")
+    redis_prefix: str = Field("snd:", description="prefix of every accounting key")
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="answer only once this many replicas hold the charge (WAIT; standalone "
+        "and sentinel): a failover then loses no answered charge",
+    )
     redis_timeout_s: float = Field(
         0.5, gt=0.0, description="connect and operation timeout of Redis calls (seconds)"
     )
@@ -145,6 +161,16 @@ class Settings(BaseSettings):
         if any(not 0 <= budget <= MAX_BUDGET for budget in value.values()):
             raise ValueError(f"budgets must be in [0, {MAX_BUDGET}]")
         return value
+
+    @model_validator(mode="after")
+    def _check_redis(self) -> Settings:
+        if self.redis_mode == "sentinel" and not self.redis_sentinels:
+            raise ValueError("redis_mode=sentinel needs redis_sentinels (host:port, ...)")
+        if self.redis_mode == "cluster" and self.redis_wait_replicas:
+            raise ValueError("redis_wait_replicas is for standalone and sentinel modes")
+        if self.redis_mode == "cluster" and not self.redis_url:
+            raise ValueError("redis_mode=cluster needs redis_url (any node of the cluster)")
+        return self
 
     @model_validator(mode="after")
     def _fill_models(self) -> Settings:

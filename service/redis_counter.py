@@ -1,20 +1,31 @@
 """``RedisCounter``: the multi-process ``QueryCounter``, with Redis as the source of truth.
 
-Keys (``prefix`` defaults to ``snd:``; one Redis instance, not a cluster):
+Three deployments, one class (``mode``): ``standalone`` (one ``redis://`` URL), ``sentinel``
+(``redis.asyncio.sentinel``: the Sentinel addresses and the master's name; the client follows a
+failover to the promoted replica) and ``cluster`` (``redis.asyncio.cluster.RedisCluster`` from
+any node's URL). Keys (``prefix`` defaults to ``snd:``): every key of one caller carries the
+caller as its hash tag, so a caller's keys live in one Redis Cluster slot and one script call
+can touch them all:
 
-* ``{prefix}usage:{caller}`` hash ``model -> images answered``;
-* ``{prefix}budget:{caller}`` the budget set through the admin API (overrides the settings);
-* ``{prefix}callers`` the set of callers ever counted (until reset);
-* ``{prefix}charge:{token}`` the outcome of one ``charge``, kept a few seconds so that a retried
-  script (after a timeout whose reply was lost) is not counted twice.
+* ``{prefix}{<caller>}:usage`` hash ``model -> images answered``;
+* ``{prefix}{<caller>}:budget`` the budget set through the admin API (overrides the settings);
+* ``{prefix}{<caller>}:charge:{token}`` the outcome of one ``charge``, kept a few seconds so that a
+  retried script (after a timeout whose reply was lost) is not counted twice (``:refund:`` the
+  same for refunds).
+
+The callers ever counted (``GET /usage``) are the usage keys, found by ``SCAN`` (over every
+primary of a cluster): no index key outside the callers' slots.
 
 ``charge`` is one Lua script: read the budget, sum the caller's counts, add ``n`` only if the sum
 stays within the budget. Charges that arrive together are coalesced: the first one of an event-loop
 tick starts a flush, the others made in the same tick (or while that flush is in flight) join it,
 and one script call applies them all in arrival order, each with its own budget check and token.
-Under concurrent load this pays one Redis round trip for many requests. Every connection or timeout
-error becomes ``CounterUnavailable`` (for every charge of the call); the connection pool
-reconnects by itself on the next call once Redis is back.
+Under concurrent load this pays one Redis round trip for many requests; on a cluster the charges
+of one flush are grouped by slot, one script call per slot, sent concurrently. Every connection
+or timeout error becomes ``CounterUnavailable`` (for every charge of the call); the clients
+reconnect by themselves on the next call once Redis (or the new primary) is back, and a script
+missing after a failover (``NOSCRIPT``) is loaded again and retried once by redis-py's
+``Script``.
 """
 
 from __future__ import annotations
@@ -22,80 +33,45 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from service.accounting import Charge, CounterUnavailable
 from service.metrics import ACCOUNTING_CHARGES_PER_CALL
+from service.redis_scripts import CHARGE_LUA, MAX_CHARGES_PER_CALL, REFUND_LUA
 
 log = logging.getLogger(__name__)
 
-# Charges applied in order, four KEYS each: usage hash, budget key, callers set, charge token.
-# ARGV: token ttl seconds, then four per charge: caller, model, n, default budget ('' = none).
-# Returns three integers per charge: allowed (0/1), the caller's total after it, budget (-1 none).
-CHARGE_LUA = """
-local out = {}
-local ttl = tonumber(ARGV[1])
-for i = 0, #KEYS / 4 - 1 do
-  local usage_key, budget_key = KEYS[4 * i + 1], KEYS[4 * i + 2]
-  local callers_key, token_key = KEYS[4 * i + 3], KEYS[4 * i + 4]
-  local caller, model = ARGV[4 * i + 2], ARGV[4 * i + 3]
-  local n, default_budget = tonumber(ARGV[4 * i + 4]), ARGV[4 * i + 5]
-  local allowed, used, b
-  local done = redis.call('GET', token_key)
-  if done then
-    local a, u, d = string.match(done, '^(%-?%d+),(%-?%d+),(%-?%d+)$')
-    allowed, used, b = tonumber(a), tonumber(u), tonumber(d)
-  else
-    local budget = redis.call('GET', budget_key) or default_budget
-    used = 0
-    for _, count in ipairs(redis.call('HVALS', usage_key)) do
-      used = used + tonumber(count)
-    end
-    allowed = 1
-    if budget ~= '' and used + n > tonumber(budget) then
-      allowed = 0
-    else
-      redis.call('HINCRBY', usage_key, model, n)
-      redis.call('SADD', callers_key, caller)
-      used = used + n
-    end
-    b = -1
-    if budget ~= '' then b = tonumber(budget) end
-    redis.call('SET', token_key, string.format('%d,%d,%d', allowed, used, b), 'EX', ttl)
-  end
-  out[#out + 1] = allowed
-  out[#out + 1] = used
-  out[#out + 1] = b
-end
-return out
-"""
-MAX_CHARGES_PER_CALL = 256  # bounds one script's run time (Redis runs scripts alone)
+RedisMode = Literal["standalone", "sentinel", "cluster"]
 
-# KEYS: usage hash, refund token; ARGV: model, n, token ttl seconds. Never takes a count below
-# zero; a retried refund (same token) is applied once.
-REFUND_LUA = """
-if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[3])) then return 0 end
-local count = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-local n = math.min(count, tonumber(ARGV[2]))
-if n > 0 then redis.call('HINCRBY', KEYS[1], ARGV[1], -n) end
-return n
-"""
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"a Sentinel address is host:port, got {address!r}")
+    return host, int(port)
 
 
 @dataclass
 class _PendingCharge:
-    """One charge waiting for the next script call: its four keys, four arguments and waiter."""
+    """One charge waiting for the next script call: its three keys, three arguments, its slot
+    (cluster) and waiter."""
 
     keys: list[str]
     args: list[str | int]
+    slot: int
     waiter: asyncio.Future[Charge]
 
 
@@ -107,20 +83,58 @@ class RedisCounter:
     """
 
     def __init__(
-        self, url: str, *, timeout: float = 0.5, prefix: str = "snd:", token_ttl_s: int = 30
+        self,
+        url: str | None = None,
+        *,
+        mode: RedisMode = "standalone",
+        sentinels: Sequence[str] = (),
+        master_name: str = "mymaster",
+        timeout: float = 0.5,
+        prefix: str = "snd:",
+        token_ttl_s: int = 30,
+        master_check_s: float = 0.25,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 200,
     ) -> None:
+        if wait_replicas and mode == "cluster":
+            raise ValueError("wait_replicas is for standalone and Sentinel primaries")
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self.prefix = prefix
+        self.master_check_s = master_check_s
+        self._master_name = master_name
+        self._master: tuple[str, int] | None = None
+        self._master_checked = -math.inf
         self.token_ttl_s = token_ttl_s
-        self._redis: redis.Redis = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            # one immediate retry on a fresh connection: pooled sockets die when Redis
-            # restarts; the charge token makes a retried script count once
-            retry=Retry(NoBackoff(), 1),
-            health_check_interval=0,
-        )
+        self.mode = mode
+        common: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_connect_timeout": timeout,
+            "socket_timeout": timeout,
+        }
+        # one immediate retry on a fresh connection: pooled sockets die when Redis restarts or
+        # fails over; the charge token makes a retried script count once
+        retry = Retry(NoBackoff(), 1)
+        self._redis: Any
+        if mode == "standalone":
+            if not url:
+                raise ValueError("standalone Redis needs a redis:// URL")
+            self._redis = redis.Redis.from_url(url, retry=retry, health_check_interval=0, **common)
+        elif mode == "sentinel":
+            if not sentinels:
+                raise ValueError("Sentinel mode needs the Sentinel addresses (host:port)")
+            self._sentinel = Sentinel(
+                [_host_port(a) for a in sentinels],
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+            )
+            self._redis = self._sentinel.master_for(master_name, retry=retry, **common)
+        elif mode == "cluster":
+            if not url:
+                raise ValueError("cluster mode needs the URL of one of its nodes")
+            self._redis = RedisCluster.from_url(url, **common)
+        else:
+            raise ValueError(f"unknown Redis mode {mode!r}")
         self._charge = self._redis.register_script(CHARGE_LUA)
         self._refund = self._redis.register_script(REFUND_LUA)
         self._up = True
@@ -130,20 +144,54 @@ class RedisCounter:
         self._token_seq = itertools.count()
         self._pending: list[_PendingCharge] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._cluster_ready = False
+        self._cluster_lock: asyncio.Lock | None = None
+
+    def _key(self, caller: str, name: str) -> str:
+        """A key of ``caller``'s, hash-tagged by the caller (one cluster slot per caller)."""
+        return f"{self.prefix}{{{caller}}}:{name}"
 
     def _usage_key(self, caller: str) -> str:
-        return f"{self.prefix}usage:{caller}"
+        return self._key(caller, "usage")
 
     def _budget_key(self, caller: str) -> str:
-        return f"{self.prefix}budget:{caller}"
+        return self._key(caller, "budget")
 
-    @property
-    def _callers_key(self) -> str:
-        return f"{self.prefix}callers"
+    async def _initialized(self) -> None:
+        """A cluster client learns the slot map once before any command: concurrent first
+        commands would race its set-up."""
+        if self.mode != "cluster" or self._cluster_ready:
+            return
+        if self._cluster_lock is None:
+            self._cluster_lock = asyncio.Lock()
+        async with self._cluster_lock:
+            if not self._cluster_ready:
+                await self._redis.initialize()
+                self._cluster_ready = True
+
+    async def _follow_master(self) -> None:
+        """Sentinel mode: ask the Sentinels for the primary at most every ``master_check_s``
+        and drop every connection when it moved. redis-py finds the primary only when it opens
+        a connection, and after ``SENTINEL FAILOVER`` the old primary keeps accepting writes
+        until the Sentinels demote it (seconds): without this check a gateway would go on
+        charging the old primary, whose counts the resync then throws away."""
+        if self.mode != "sentinel":
+            return
+        now = time.monotonic()
+        if now - self._master_checked < self.master_check_s:
+            return
+        self._master_checked = now
+        address = await self._sentinel.discover_master(self._master_name)
+        if self._master is not None and tuple(address) != self._master:
+            log.warning("the Sentinels moved the primary to %s:%s: reconnecting", *address)
+            await self._redis.connection_pool.disconnect()
+        self._master = (str(address[0]), int(address[1]))
 
     async def _call(self, operation: Callable[[], Awaitable[Any]]) -> Any:
         """Run one Redis operation; backend failures become ``CounterUnavailable``."""
         try:
+            await self._initialized()
+            await self._follow_master()
             result = await operation()
         except (RedisError, OSError) as exc:
             if self._up:
@@ -165,15 +213,12 @@ class RedisCounter:
         """``charge`` with an explicit idempotency token: the same token counts once."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Charge] = loop.create_future()
+        usage = self._usage_key(caller)
         self._pending.append(
             _PendingCharge(
-                keys=[
-                    self._usage_key(caller),
-                    self._budget_key(caller),
-                    self._callers_key,
-                    f"{self.prefix}charge:{token}",
-                ],
-                args=[caller, model, n, "" if default_budget is None else default_budget],
+                keys=[usage, self._budget_key(caller), self._key(caller, f"charge:{token}")],
+                args=[model, n, "" if default_budget is None else default_budget],
+                slot=key_slot(usage.encode()) if self.mode == "cluster" else 0,
                 waiter=waiter,
             )
         )
@@ -189,7 +234,7 @@ class RedisCounter:
             batch = self._pending[:MAX_CHARGES_PER_CALL]
             del self._pending[:MAX_CHARGES_PER_CALL]
             try:
-                await self._apply(batch)
+                await self._apply_by_slot(batch)
             except BaseException as exc:
                 cancelled = not isinstance(exc, Exception)  # the loop is going away
                 failed = batch + self._pending if cancelled else batch
@@ -202,13 +247,53 @@ class RedisCounter:
                 if cancelled:
                     raise
 
+    async def _charge_and_wait(self, keys: list[str], args: list[str | int]) -> Any:
+        """The charge script and ``WAIT`` on one connection (a pipeline): the answer comes only
+        once ``wait_replicas`` replicas hold the charges, so a failover cannot lose a charge
+        that was answered; fewer acknowledgements in ``wait_timeout_ms`` fail the call (503)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._charge(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            flat, acked = await pipe.execute()
+        if int(acked) < self.wait_replicas:
+            raise CounterUnavailable(
+                f"the charges reached {acked} of {self.wait_replicas} replicas in "
+                f"{self.wait_timeout_ms} ms"
+            )
+        return flat
+
+    async def _apply_by_slot(self, batch: list[_PendingCharge]) -> None:
+        """One script call per slot (a cluster's script touches one slot), sent concurrently; a
+        slot whose call fails fails its own charges only."""
+        by_slot: dict[int, list[_PendingCharge]] = {}
+        for pending in batch:
+            by_slot.setdefault(pending.slot, []).append(pending)
+        if len(by_slot) == 1:
+            await self._apply(batch)
+            return
+        results = await asyncio.gather(
+            *(self._apply(group) for group in by_slot.values()), return_exceptions=True
+        )
+        for group, result in zip(by_slot.values(), results, strict=True):
+            if isinstance(result, BaseException):
+                for pending in group:
+                    if not pending.waiter.done():
+                        pending.waiter.set_exception(
+                            result
+                            if isinstance(result, CounterUnavailable)
+                            else CounterUnavailable(repr(result))
+                        )
+
     async def _apply(self, batch: list[_PendingCharge]) -> None:
         keys = [key for pending in batch for key in pending.keys]
         args: list[str | int] = [self.token_ttl_s]
         for pending in batch:
             args.extend(pending.args)
         ACCOUNTING_CHARGES_PER_CALL.observe(len(batch))
-        flat = await self._call(lambda: self._charge(keys=keys, args=args))
+        if self.wait_replicas:
+            flat = await self._call(lambda: self._charge_and_wait(keys, args))
+        else:
+            flat = await self._call(lambda: self._charge(keys=keys, args=args))
         if len(flat) != 3 * len(batch):
             raise CounterUnavailable(
                 f"charge script answered {len(flat)} values for {len(batch)} charges"
@@ -223,7 +308,7 @@ class RedisCounter:
     async def refund(self, caller: str, model: str, n: int) -> None:
         keys = [
             self._usage_key(caller),
-            f"{self.prefix}refund:{self._token_prefix}:{next(self._token_seq)}",
+            self._key(caller, f"refund:{self._token_prefix}:{next(self._token_seq)}"),
         ]
         args: list[str | int] = [model, n, self.token_ttl_s]
         await self._call(lambda: self._refund(keys=keys, args=args))
@@ -235,17 +320,21 @@ class RedisCounter:
         return {model: int(c) for model, c in sorted(counts.items()) if int(c)}
 
     async def callers(self) -> list[str]:
-        members: set[str] = await self._call(lambda: self._redis.smembers(self._callers_key))
+        """Every caller with a usage hash: a ``SCAN`` (of every primary, on a cluster)."""
+        head, tail = f"{self.prefix}{{", "}:usage"
+
+        async def scan() -> set[str]:
+            found = set()
+            async for key in self._redis.scan_iter(match=f"{head}*{tail}", count=1000):
+                if key.startswith(head) and key.endswith(tail):
+                    found.add(key[len(head) : -len(tail)])
+            return found
+
+        members: set[str] = await self._call(scan)
         return sorted(members)
 
     async def reset(self, caller: str) -> None:
-        async def run() -> Any:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(self._usage_key(caller))
-                pipe.srem(self._callers_key, caller)
-                return await pipe.execute()
-
-        await self._call(run)
+        await self._call(lambda: self._redis.delete(self._usage_key(caller)))
 
     async def get_budget(self, caller: str) -> int | None:
         value = await self._call(lambda: self._redis.get(self._budget_key(caller)))

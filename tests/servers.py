@@ -119,6 +119,8 @@ class RedisProcess:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="snd-redis-")))
+    extra: list[str] = field(default_factory=list)
+    """More redis-server arguments (cluster mode, replicaof, ...)."""
 
     @property
     def url(self) -> str:
@@ -141,6 +143,7 @@ class RedisProcess:
                 "",
                 "--appendonly",
                 "no",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

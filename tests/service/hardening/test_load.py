@@ -231,5 +231,5 @@ def test_sigterm_lets_in_flight_requests_finish_and_counts_stay_exact(
     }, records
     answered = sum(1 for _, _, outcome in records if outcome == 200)
     # Redis, which outlives the server, holds exactly the images the clients saw answered
-    counts = redis.Redis(port=redis_server.port, db=REDIS_DB).hgetall("snd:usage:addr:127.0.0.1")
+    counts = redis.Redis(port=redis_server.port, db=REDIS_DB).hgetall("snd:{addr:127.0.0.1}:usage")
     assert sum(int(v) for v in counts.values()) - before == n * answered
