@@ -21,7 +21,7 @@ stays within the budget. Charges that arrive together are coalesced: the first o
 tick starts a flush, the others made in the same tick (or while that flush is in flight) join it,
 and one script call applies them all in arrival order, each with its own budget check and token.
 Under concurrent load this pays one Redis round trip for many requests; on a cluster the charges
-of one flush are grouped by slot, one script call per slot, sent concurrently. Every connection
+of one flush are grouped by slot, one script call per slot, all in one pipeline. Every connection
 or timeout error becomes ``CounterUnavailable`` (for every charge of the call); the clients
 reconnect by themselves on the next call once Redis (or the new primary) is back, and a script
 missing after a failover (``NOSCRIPT``) is loaded again and retried once by redis-py's
@@ -55,6 +55,12 @@ from service.redis_scripts import CHARGE_LUA, MAX_CHARGES_PER_CALL, REFUND_LUA
 log = logging.getLogger(__name__)
 
 RedisMode = Literal["standalone", "sentinel", "cluster"]
+
+
+def _no_script(result: Any) -> bool:
+    """A pipelined EVALSHA that met a node without the script (as redis-py reports it)."""
+    text = f"{type(result).__name__} {result}"
+    return isinstance(result, Exception) and ("NOSCRIPT" in text or "NoScript" in text)
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -167,6 +173,7 @@ class RedisCounter:
         async with self._cluster_lock:
             if not self._cluster_ready:
                 await self._redis.initialize()
+                await self._redis.script_load(CHARGE_LUA)  # on every primary
                 self._cluster_ready = True
 
     async def _follow_master(self) -> None:
@@ -263,37 +270,57 @@ class RedisCounter:
         return flat
 
     async def _apply_by_slot(self, batch: list[_PendingCharge]) -> None:
-        """One script call per slot (a cluster's script touches one slot), sent concurrently; a
-        slot whose call fails fails its own charges only."""
+        """One script call for a single Redis; on a cluster one per slot (a script touches one
+        slot), all in one pipeline (redis-py sends each node its calls together); a slot whose
+        call fails fails its own charges only."""
+        if self.mode != "cluster":
+            self._settle(batch, await self._call(lambda: self._run_script(batch)))
+            return
         by_slot: dict[int, list[_PendingCharge]] = {}
         for pending in batch:
             by_slot.setdefault(pending.slot, []).append(pending)
-        if len(by_slot) == 1:
-            await self._apply(batch)
-            return
-        results = await asyncio.gather(
-            *(self._apply(group) for group in by_slot.values()), return_exceptions=True
-        )
-        for group, result in zip(by_slot.values(), results, strict=True):
-            if isinstance(result, BaseException):
+        groups = list(by_slot.values())
+        results = await self._call(lambda: self._pipelined(groups))
+        missing = [i for i, r in enumerate(results) if _no_script(r)]
+        if missing:  # a promoted replica without the script: load it everywhere, retry once
+            await self._call(lambda: self._redis.script_load(CHARGE_LUA))
+            again = await self._call(lambda: self._pipelined([groups[i] for i in missing]))
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        for group, result in zip(groups, results, strict=True):
+            if isinstance(result, Exception):
                 for pending in group:
                     if not pending.waiter.done():
-                        pending.waiter.set_exception(
-                            result
-                            if isinstance(result, CounterUnavailable)
-                            else CounterUnavailable(repr(result))
-                        )
+                        pending.waiter.set_exception(CounterUnavailable(repr(result)))
+            else:
+                self._settle(group, result)
 
-    async def _apply(self, batch: list[_PendingCharge]) -> None:
+    @staticmethod
+    def _script_call(batch: list[_PendingCharge], ttl: int) -> tuple[list[str], list[Any]]:
         keys = [key for pending in batch for key in pending.keys]
-        args: list[str | int] = [self.token_ttl_s]
+        args: list[Any] = [ttl]
         for pending in batch:
             args.extend(pending.args)
         ACCOUNTING_CHARGES_PER_CALL.observe(len(batch))
+        return keys, args
+
+    async def _run_script(self, batch: list[_PendingCharge]) -> Any:
+        keys, args = self._script_call(batch, self.token_ttl_s)
         if self.wait_replicas:
-            flat = await self._call(lambda: self._charge_and_wait(keys, args))
-        else:
-            flat = await self._call(lambda: self._charge(keys=keys, args=args))
+            return await self._charge_and_wait(keys, args)
+        return await self._charge(keys=keys, args=args)
+
+    async def _pipelined(self, groups: list[list[_PendingCharge]]) -> list[Any]:
+        """One EVALSHA per slot group in one cluster pipeline; errors come back as values."""
+        pipe = self._redis.pipeline()
+        for group in groups:
+            keys, args = self._script_call(group, self.token_ttl_s)
+            # redis-py blocks pipe.evalsha on a cluster; the raw command is routed by its keys
+            pipe.execute_command("EVALSHA", self._charge.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    @staticmethod
+    def _settle(batch: list[_PendingCharge], flat: Any) -> None:
         if len(flat) != 3 * len(batch):
             raise CounterUnavailable(
                 f"charge script answered {len(flat)} values for {len(batch)} charges"
