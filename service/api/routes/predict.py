@@ -1,8 +1,7 @@
-"""``POST /predict``: decode -> validate -> charge the caller -> defended forward -> encode."""
+"""``POST /predict``: decode (JSON, npy or raw float32) -> the shared pipeline -> encode."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Annotated, Any
 
@@ -10,9 +9,8 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
-from service.accounting import Charge, CounterUnavailable
 from service.api.deps import CallerDep, Runtime, RuntimeDep
-from service.batching import Overloaded
+from service.api.pipeline import answer
 from service.codec import (
     JSON_TYPES,
     NPY_TYPES,
@@ -23,11 +21,8 @@ from service.codec import (
     decode_raw,
     parse_output,
     parse_shape,
-    validate_images,
 )
 from service.errors import ApiError, error_responses
-from service.inference import ModelHost
-from service.metrics import QUERIES_ANSWERED, QUERIES_UNCOUNTED
 
 log = logging.getLogger(__name__)
 
@@ -139,25 +134,6 @@ async def decode(
     return DecodedRequest(images, model, parse_output(output))
 
 
-async def refund(runtime: Runtime, caller: str, model: str, n: int) -> None:
-    """Take back a charge whose images were not answered; a counter outage keeps the charge
-    (over-counting is the safe side) rather than turning the failure into another one."""
-    try:
-        await runtime.counter.refund(caller, model, n)
-    except CounterUnavailable:
-        log.warning("could not refund %d queries of %s: counter unavailable", n, caller)
-
-
-def resolve_host(runtime: Runtime, name: str | None) -> ModelHost:
-    name = name or runtime.pool.default
-    host = runtime.pool.hosts.get(name)
-    if host is None:
-        raise ApiError(
-            404, "unknown_model", f"unknown model {name!r}; served: {', '.join(runtime.pool.hosts)}"
-        )
-    return host
-
-
 @router.post(
     "/predict",
     summary="Classify a batch of [0, 1] images behind the model's defense",
@@ -177,69 +153,8 @@ async def predict(
     x_shape: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> JSONResponse:
     decoded = await decode(request, runtime, model, output, shape or x_shape)
-    host = resolve_host(runtime, decoded.model)
-    mode = decoded.output or host.output_modes[0]
-    if mode == "scores" and "scores" not in host.output_modes:
-        raise ApiError(
-            403, "label_only", f"model {host.name!r} answers labels only; ask for output=label"
-        )
-    images = validate_images(decoded.images, host.spec.input_shape, runtime.settings.max_batch)
-    n = len(images)
-
-    settings = runtime.settings
-    retry = {"Retry-After": str(settings.retry_after_s)}
-    try:
-        charge: Charge | None = await runtime.counter.charge(
-            caller, host.name, n, settings.budget_for(caller)
-        )
-    except CounterUnavailable:
-        if not settings.fail_open:
-            raise ApiError(
-                503,
-                "counter_unavailable",
-                "query accounting is unavailable; try again later",
-                retry,
-            ) from None
-        log.warning(
-            "counter unavailable: answering %d images of %s uncounted (fail_open)", n, caller
-        )
-        charge = None
-    if charge is not None and not charge.allowed:
-        raise ApiError(
-            429,
-            "budget_exhausted",
-            f"query budget of {charge.budget} images is spent or too small for this "
-            f"batch: {charge.used} used, this batch of {n} was refused and not "
-            "counted",
-            retry,
-        )
-    try:
-        # on timeout the wait is cancelled (queued work may still run) and the charge refunded
-        probs = await asyncio.wait_for(
-            runtime.pool.predict(host, images), settings.request_timeout_s
-        )
-    except BaseException as exc:
-        if charge is not None:
-            await refund(runtime, caller, host.name, n)
-        if isinstance(exc, Overloaded):
-            raise ApiError(503, "overloaded", str(exc), retry) from None
-        if isinstance(exc, TimeoutError):
-            raise ApiError(
-                504,
-                "timeout",
-                f"no answer within {settings.request_timeout_s} s; this request was not counted",
-                retry,
-            ) from None
-        raise
-    QUERIES_ANSWERED.labels(host.name, host.settings.defense.kind).inc(n)
-    if charge is None:
-        QUERIES_UNCOUNTED.labels(host.name).inc(n)
-    body: dict[str, Any] = {"model": host.name, "labels": probs.argmax(1).tolist()}
-    if mode == "scores":
-        body["scores"] = probs.tolist()
-    headers = {}
-    if charge is not None:
-        headers["X-Queries-Used"] = str(charge.used)
-        if charge.remaining is not None:
-            headers["X-Queries-Remaining"] = str(charge.remaining)
-    return JSONResponse(body, headers=headers)
+    result = await answer(runtime, caller, decoded.images, decoded.model, decoded.output)
+    body: dict[str, Any] = {"model": result.host.name, "labels": result.labels}
+    if result.mode == "scores":
+        body["scores"] = result.probs.tolist()
+    return JSONResponse(body, headers=result.usage_headers())

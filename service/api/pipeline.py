@@ -1,0 +1,151 @@
+"""The request pipeline every inference route shares: resolve the model, enforce its output
+policy, validate the images, charge the caller, run the defended forward pass, refund on failure.
+
+Routes only decode their wire format into images and encode :class:`Answer` back (``/predict``
+with its JSON/npy/raw codecs); the policy, accounting and hardening live here, once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.accounting import Charge, CounterUnavailable
+from service.api.deps import Runtime
+from service.batching import Overloaded
+from service.codec import OutputMode, validate_images
+from service.errors import ApiError
+from service.inference import ModelHost
+from service.metrics import QUERIES_ANSWERED, QUERIES_UNCOUNTED
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the pipeline answered: the host, the defended probabilities, the output mode the
+    caller may see, and the charge (``None`` when answered uncounted under ``fail_open``)."""
+
+    host: ModelHost
+    probs: np.ndarray
+    mode: OutputMode
+    charge: Charge | None
+
+    @property
+    def labels(self) -> list[int]:
+        return [int(label) for label in self.probs.argmax(1)]
+
+    def usage_headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self.charge is not None:
+            headers["X-Queries-Used"] = str(self.charge.used)
+            if self.charge.remaining is not None:
+                headers["X-Queries-Remaining"] = str(self.charge.remaining)
+        return headers
+
+
+def resolve_host(runtime: Runtime, name: str | None) -> ModelHost:
+    name = name or runtime.pool.default
+    host = runtime.pool.hosts.get(name)
+    if host is None:
+        raise ApiError(
+            404, "unknown_model", f"unknown model {name!r}; served: {', '.join(runtime.pool.hosts)}"
+        )
+    return host
+
+
+def output_mode(host: ModelHost, requested: OutputMode | None) -> OutputMode:
+    """The requested mode, or the model's default; scores from a label-only model are a 403."""
+    mode: OutputMode = requested or ("label" if host.settings.label_only else "scores")
+    if mode == "scores" and "scores" not in host.output_modes:
+        raise ApiError(
+            403, "label_only", f"model {host.name!r} answers labels only; ask for output=label"
+        )
+    return mode
+
+
+async def refund(runtime: Runtime, caller: str, model: str, n: int) -> None:
+    """Take back a charge whose images were not answered; a counter outage keeps the charge
+    (over-counting is the safe side) rather than turning the failure into another one."""
+    try:
+        await runtime.counter.refund(caller, model, n)
+    except CounterUnavailable:
+        log.warning("could not refund %d queries of %s: counter unavailable", n, caller)
+
+
+async def charge(runtime: Runtime, caller: str, host: ModelHost, n: int) -> Charge | None:
+    """Charge ``n`` images, or refuse: 429 over budget, 503 when the counter is down (unless
+    ``fail_open``, which answers uncounted and returns ``None``)."""
+    settings = runtime.settings
+    retry = {"Retry-After": str(settings.retry_after_s)}
+    try:
+        result = await runtime.counter.charge(caller, host.name, n, settings.budget_for(caller))
+    except CounterUnavailable:
+        if not settings.fail_open:
+            raise ApiError(
+                503,
+                "counter_unavailable",
+                "query accounting is unavailable; try again later",
+                retry,
+            ) from None
+        log.warning(
+            "counter unavailable: answering %d images of %s uncounted (fail_open)", n, caller
+        )
+        return None
+    if not result.allowed:
+        raise ApiError(
+            429,
+            "budget_exhausted",
+            f"query budget of {result.budget} images is spent or too small for this batch: "
+            f"{result.used} used, this batch of {n} was refused and not counted",
+            retry,
+        )
+    return result
+
+
+async def forward(runtime: Runtime, host: ModelHost, images: np.ndarray) -> np.ndarray:
+    """The defended probabilities within the request timeout: 503 overloaded, 504 timeout."""
+    settings = runtime.settings
+    retry = {"Retry-After": str(settings.retry_after_s)}
+    try:
+        # on timeout the wait is cancelled (queued work may still run)
+        return await asyncio.wait_for(
+            runtime.pool.predict(host, images), settings.request_timeout_s
+        )
+    except Overloaded as exc:
+        raise ApiError(503, "overloaded", str(exc), retry) from None
+    except TimeoutError:
+        raise ApiError(
+            504,
+            "timeout",
+            f"no answer within {settings.request_timeout_s} s; this request was not counted",
+            retry,
+        ) from None
+
+
+async def answer(
+    runtime: Runtime,
+    caller: str,
+    images: np.ndarray,
+    model: str | None,
+    requested: OutputMode | None,
+) -> Answer:
+    """Run one decoded request through the pipeline. Nothing is counted unless it is answered:
+    a refused or failed request refunds its charge."""
+    host = resolve_host(runtime, model)
+    mode = output_mode(host, requested)
+    images = validate_images(images, host.spec.input_shape, runtime.settings.max_batch)
+    n = len(images)
+    paid = await charge(runtime, caller, host, n)
+    try:
+        probs = await forward(runtime, host, images)
+    except BaseException:
+        if paid is not None:
+            await refund(runtime, caller, host.name, n)
+        raise
+    QUERIES_ANSWERED.labels(host.name, host.settings.defense.kind).inc(n)
+    if paid is None:
+        QUERIES_UNCOUNTED.labels(host.name).inc(n)
+    return Answer(host, probs, mode, paid)
