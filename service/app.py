@@ -11,8 +11,9 @@ from fastapi import FastAPI
 from service import __version__
 from service.accounting import MemoryCounter, QueryCounter
 from service.api.deps import Runtime
-from service.api.routes import health, metrics, models, predict, usage
+from service.api.routes import detections, health, metrics, models, predict, usage
 from service.config import Settings
+from service.detection.detector import build_detectors
 from service.errors import install_error_handlers
 from service.inference import ModelPool
 from service.metrics import install_metrics
@@ -49,7 +50,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "query counter unreachable at start-up: %s until it is",
                 "answering uncounted" if settings.fail_open else "refusing with 503",
             )
-        app.state.runtime = Runtime(settings, pool, counter)
+        shapes = {name: host.spec.input_shape for name, host in pool.hosts.items()}
+        store, detectors = build_detectors(settings, shapes, counter)
+        app.state.runtime = Runtime(settings, pool, counter, store, detectors)
         try:
             yield
         finally:
@@ -66,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = None
     install_error_handlers(app)
     install_metrics(app)
-    for router in (predict.router, models.router, usage.router, health.router, metrics.router):
-        app.include_router(router)
+    routers = (predict, models, usage, detections, health, metrics)
+    for module in routers:
+        app.include_router(module.router)
     return app

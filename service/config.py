@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.accounting import MAX_BUDGET
@@ -48,6 +48,34 @@ class DefenseSettings(BaseModel):
         return self
 
 
+LAYERS: tuple[Literal["exact", "near"], ...] = ("exact", "near")
+
+
+class DetectionSettings(BaseModel):
+    """Stateful detection in front of one model (``service.detection``)."""
+
+    action: Literal["off", "shadow", "enforce"] = Field(
+        "off", description="shadow: count flags only; enforce: hide flagged queries, escalate"
+    )
+    layers: list[Literal["exact", "near"]] = Field(default_factory=lambda: list(LAYERS))
+    repeat_policy: Literal["cached", "fresh"] = Field(
+        "cached", description="enforce: an exact repeat gets its first answer, or fresh noise"
+    )
+    repeat_allowance: int = Field(0, ge=0, description="repeats of one image not flagged")
+    fingerprint: Literal["scaled", "reference"] = Field(
+        "scaled",
+        description="reference: Blacklight's own fingerprint (SHA-256, every window); scaled: "
+        "fast keyed hash, blank windows skipped, window scaled to the input size",
+    )
+    window: int | None = Field(None, ge=2, description="values per window (default: by size)")
+    keep: int = Field(50, ge=1, description="hashes kept per query")
+    quantization: int = Field(50, ge=1, le=255, description="rounding step (0-255 scale)")
+    threshold: int = Field(25, ge=0, description="a match shares more than this many hashes")
+    visible_rejection: bool = Field(
+        False, description="enforce: refuse a flagged request with 403 instead of hiding it"
+    )
+
+
 class ModelSettings(BaseModel):
     """One served model: a zoo entry, its weights, its defense and its output policy."""
 
@@ -57,6 +85,7 @@ class ModelSettings(BaseModel):
     defense: DefenseSettings = Field(default_factory=DefenseSettings)
     label_only: bool = Field(False, description="never return scores (decision-based threat)")
     hide_defense_params: bool = Field(False, description="GET /models shows the kind only")
+    detection: DetectionSettings = Field(default_factory=DetectionSettings)
 
     @property
     def zoo_name(self) -> str:
@@ -86,6 +115,7 @@ class Settings(BaseSettings):
     clip: bool = False
     label_only: bool = False
     hide_defense_params: bool = False
+    detection: Literal["off", "shadow", "enforce"] = "off"
     models: list[ModelSettings] = Field(default_factory=list)
 
     # inference
@@ -147,6 +177,17 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = Field(default_factory=list)
     retry_after_s: int = Field(1, ge=1)
 
+    # stateful detection: the secret and the per-caller escalation (models choose the action)
+    detection_secret: SecretStr | None = Field(
+        None, description="keys the fingerprints and salt; set it so state survives restarts"
+    )
+    detection_retention_s: float = Field(86400.0, gt=0.0, description="fingerprints kept")
+    detection_ids_per_key: int = Field(32, ge=1, description="recent queries kept per hash")
+    detection_flag_window_s: float = Field(3600.0, gt=0.0, description="escalation window W")
+    detection_throttle_after: int = Field(20, ge=1, description="flags in W that throttle")
+    detection_suspend_after: int = Field(100, ge=1, description="flags in W that suspend")
+    detection_throttle_s: float = Field(60.0, gt=0.0, description="length of a throttle")
+
     @field_validator("api_keys")
     @classmethod
     def _hashes_are_sha256(cls, value: dict[str, str]) -> dict[str, str]:
@@ -190,6 +231,7 @@ class Settings(BaseSettings):
                     ),
                     label_only=self.label_only,
                     hide_defense_params=self.hide_defense_params,
+                    detection=DetectionSettings(action=self.detection),
                 )
             ]
         names = [m.name for m in self.models]

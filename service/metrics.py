@@ -39,6 +39,11 @@ QUERIES_UNCOUNTED = Counter(
     "Images answered while the query counter was unavailable (fail-open only)",
     ["model"],
 )
+DETECTIONS = Counter(
+    "snd_detections",
+    "Queries flagged by stateful detection, by layer and the model's action",
+    ["model", "layer", "action"],
+)
 REFUSALS = Counter(
     "snd_refusals",
     "Requests refused, by error code",

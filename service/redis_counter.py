@@ -10,11 +10,10 @@ can touch them all:
 * ``{prefix}{<caller>}:usage`` hash ``model -> images answered``;
 * ``{prefix}{<caller>}:budget`` the budget set through the admin API (overrides the settings);
 * ``{prefix}{<caller>}:charge:{token}`` the outcome of one ``charge``, kept a few seconds so that a
-  retried script (after a timeout whose reply was lost) is not counted twice (``:refund:`` the
-  same for refunds).
+  retried script (after a timeout whose reply was lost) is not counted twice (``:refund:`` too).
 
-The callers ever counted (``GET /usage``) are the usage keys, found by ``SCAN`` (over every
-primary of a cluster): no index key outside the callers' slots.
+The callers ever counted (``GET /usage``) are the usage keys, found by ``SCAN`` (every primary
+of a cluster). ``service.detection.redis_store`` keeps its state in the callers' slots too.
 
 ``charge`` is one Lua script: read the budget, sum the caller's counts, add ``n`` only if the sum
 stays within the budget. Charges that arrive together are coalesced: the first one of an event-loop
@@ -113,6 +112,7 @@ class RedisCounter:
         self._master_checked = -math.inf
         self.token_ttl_s = token_ttl_s
         self.mode = mode
+        self._url, self._timeout = url, timeout
         common: dict[str, Any] = {
             "decode_responses": True,
             "socket_connect_timeout": timeout,
@@ -153,15 +153,15 @@ class RedisCounter:
         self._cluster_ready = False
         self._cluster_lock: asyncio.Lock | None = None
 
-    def _key(self, caller: str, name: str) -> str:
+    def key(self, caller: str, name: str) -> str:
         """A key of ``caller``'s, hash-tagged by the caller (one cluster slot per caller)."""
         return f"{self.prefix}{{{caller}}}:{name}"
 
     def _usage_key(self, caller: str) -> str:
-        return self._key(caller, "usage")
+        return self.key(caller, "usage")
 
     def _budget_key(self, caller: str) -> str:
-        return self._key(caller, "budget")
+        return self.key(caller, "budget")
 
     async def _initialized(self) -> None:
         """A cluster client learns the slot map once before any command: concurrent first
@@ -194,7 +194,7 @@ class RedisCounter:
             await self._redis.connection_pool.disconnect()
         self._master = (str(address[0]), int(address[1]))
 
-    async def _call(self, operation: Callable[[], Awaitable[Any]]) -> Any:
+    async def call(self, operation: Callable[[], Awaitable[Any]]) -> Any:
         """Run one Redis operation; backend failures become ``CounterUnavailable``."""
         try:
             await self._initialized()
@@ -223,7 +223,7 @@ class RedisCounter:
         usage = self._usage_key(caller)
         self._pending.append(
             _PendingCharge(
-                keys=[usage, self._budget_key(caller), self._key(caller, f"charge:{token}")],
+                keys=[usage, self._budget_key(caller), self.key(caller, f"charge:{token}")],
                 args=[model, n, "" if default_budget is None else default_budget],
                 slot=key_slot(usage.encode()) if self.mode == "cluster" else 0,
                 waiter=waiter,
@@ -274,17 +274,17 @@ class RedisCounter:
         slot), all in one pipeline (redis-py sends each node its calls together); a slot whose
         call fails fails its own charges only."""
         if self.mode != "cluster":
-            self._settle(batch, await self._call(lambda: self._run_script(batch)))
+            self._settle(batch, await self.call(lambda: self._run_script(batch)))
             return
         by_slot: dict[int, list[_PendingCharge]] = {}
         for pending in batch:
             by_slot.setdefault(pending.slot, []).append(pending)
         groups = list(by_slot.values())
-        results = await self._call(lambda: self._pipelined(groups))
+        results = await self.call(lambda: self._pipelined(groups))
         missing = [i for i, r in enumerate(results) if _no_script(r)]
         if missing:  # a promoted replica without the script: load it everywhere, retry once
-            await self._call(lambda: self._redis.script_load(CHARGE_LUA))
-            again = await self._call(lambda: self._pipelined([groups[i] for i in missing]))
+            await self.call(lambda: self._redis.script_load(CHARGE_LUA))
+            again = await self.call(lambda: self._pipelined([groups[i] for i in missing]))
             for i, result in zip(missing, again, strict=True):
                 results[i] = result
         for group, result in zip(groups, results, strict=True):
@@ -335,20 +335,23 @@ class RedisCounter:
     async def refund(self, caller: str, model: str, n: int) -> None:
         keys = [
             self._usage_key(caller),
-            self._key(caller, f"refund:{self._token_prefix}:{next(self._token_seq)}"),
+            self.key(caller, f"refund:{self._token_prefix}:{next(self._token_seq)}"),
         ]
         args: list[str | int] = [model, n, self.token_ttl_s]
-        await self._call(lambda: self._refund(keys=keys, args=args))
+        await self.call(lambda: self._refund(keys=keys, args=args))
 
     async def usage(self, caller: str) -> dict[str, int]:
-        counts: dict[str, str] = await self._call(
+        counts: dict[str, str] = await self.call(
             lambda: self._redis.hgetall(self._usage_key(caller))
         )
         return {model: int(c) for model, c in sorted(counts.items()) if int(c)}
 
     async def callers(self) -> list[str]:
-        """Every caller with a usage hash: a ``SCAN`` (of every primary, on a cluster)."""
-        head, tail = f"{self.prefix}{{", "}:usage"
+        return await self.scan_callers(":usage")
+
+    async def scan_callers(self, suffix: str) -> list[str]:
+        """Callers with a ``<caller>}<suffix>`` key: a ``SCAN`` (of every primary, on a cluster)."""
+        head, tail = f"{self.prefix}{{", "}" + suffix
 
         async def scan() -> set[str]:
             found = set()
@@ -357,26 +360,36 @@ class RedisCounter:
                     found.add(key[len(head) : -len(tail)])
             return found
 
-        members: set[str] = await self._call(scan)
-        return sorted(members)
+        return sorted(await self.call(scan))
+
+    def binary_client(self) -> Any:
+        """A client of the same Redis (mode, Sentinel primary, timeouts) answering bytes."""
+        common: dict[str, Any] = dict.fromkeys(
+            ("socket_connect_timeout", "socket_timeout"), self._timeout
+        )
+        if self.mode == "sentinel":
+            return self._sentinel.master_for(self._master_name, **common)
+        if self.mode == "cluster":
+            return RedisCluster.from_url(str(self._url), **common)
+        return redis.Redis.from_url(str(self._url), retry=Retry(NoBackoff(), 1), **common)
 
     async def reset(self, caller: str) -> None:
-        await self._call(lambda: self._redis.delete(self._usage_key(caller)))
+        await self.call(lambda: self._redis.delete(self._usage_key(caller)))
 
     async def get_budget(self, caller: str) -> int | None:
-        value = await self._call(lambda: self._redis.get(self._budget_key(caller)))
+        value = await self.call(lambda: self._redis.get(self._budget_key(caller)))
         return None if value is None else int(value)
 
     async def set_budget(self, caller: str, budget: int | None) -> None:
         key = self._budget_key(caller)
         if budget is None:
-            await self._call(lambda: self._redis.delete(key))
+            await self.call(lambda: self._redis.delete(key))
         else:
-            await self._call(lambda: self._redis.set(key, int(budget)))
+            await self.call(lambda: self._redis.set(key, int(budget)))
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._call(self._redis.ping))
+            return bool(await self.call(self._redis.ping))
         except CounterUnavailable:
             return False
 

@@ -8,24 +8,29 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
 from service.accounting import QueryCounter
 from service.config import Settings
+from service.detection.detector import QueryDetector
+from service.detection.store import DetectionStore
 from service.errors import ApiError
 from service.inference import ModelPool
 
 
 @dataclass
 class Runtime:
-    """What a running server holds: settings, models, and the query counter."""
+    """What a running server holds: settings, models, the query counter, and the detectors of
+    the models that detect (with the store they share)."""
 
     settings: Settings
     pool: ModelPool
     counter: QueryCounter
+    detections: DetectionStore | None = None
+    detectors: dict[str, QueryDetector] = field(default_factory=dict)
 
 
 async def get_runtime(request: Request) -> Runtime:

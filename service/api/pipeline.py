@@ -1,5 +1,6 @@
 """The request pipeline every inference route shares: resolve the model, enforce its output
-policy, validate the images, charge the caller, run the defended forward pass, refund on failure.
+policy, validate the images, charge the caller, run the defended forward pass, screen it through
+the model's stateful detector (``service.detection``), refund on failure.
 
 Routes only decode their wire format into images and encode :class:`Answer` back (``/predict``
 with its JSON/npy/raw codecs); the policy, accounting and hardening live here, once."""
@@ -16,6 +17,7 @@ from service.accounting import Charge, CounterUnavailable
 from service.api.deps import Runtime
 from service.batching import Overloaded
 from service.codec import OutputMode, validate_images
+from service.detection.detector import QueryDetector
 from service.errors import ApiError
 from service.inference import ModelHost
 from service.metrics import QUERIES_ANSWERED, QUERIES_UNCOUNTED
@@ -125,6 +127,26 @@ async def forward(runtime: Runtime, host: ModelHost, images: np.ndarray) -> np.n
         ) from None
 
 
+async def screen(
+    runtime: Runtime, detector: QueryDetector, caller: str, images: np.ndarray, probs: np.ndarray
+) -> np.ndarray:
+    """The detector's answer; its store down follows the counter's rule (503, or answer
+    unscreened under ``fail_open``)."""
+    settings = runtime.settings
+    try:
+        return await detector.screen(caller, images, probs, settings.retry_after_s)
+    except CounterUnavailable:
+        if not settings.fail_open:
+            raise ApiError(
+                503,
+                "counter_unavailable",
+                "query accounting is unavailable; try again later",
+                {"Retry-After": str(settings.retry_after_s)},
+            ) from None
+        log.warning("detection store unavailable: answering %s unscreened (fail_open)", caller)
+        return probs
+
+
 async def answer(
     runtime: Runtime,
     caller: str,
@@ -141,6 +163,9 @@ async def answer(
     paid = await charge(runtime, caller, host, n)
     try:
         probs = await forward(runtime, host, images)
+        detector = runtime.detectors.get(host.name)
+        if detector is not None:
+            probs = await screen(runtime, detector, caller, images, probs)
     except BaseException:
         if paid is not None:
             await refund(runtime, caller, host.name, n)

@@ -6,6 +6,7 @@ them whole, URL-encoded where needed (``/usage/key:alice``, ``/usage/addr:%3A%3A
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable
 from typing import Annotated, Literal, TypeVar
 
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.accounting import MAX_BUDGET, CounterUnavailable
 from service.api.deps import AdminDep, CallerDep, Runtime, RuntimeDep
+from service.detection.store import Policy
 from service.errors import ApiError, error_responses
 
 router = APIRouter(tags=["usage"])
@@ -39,6 +41,9 @@ class CallerUsage(BaseModel):
         description="admin: set through PUT /usage/{caller}/budget; settings: configured"
     )
     remaining: int | None
+    detection_state: Literal["ok", "throttled", "suspended"] | None = Field(
+        None, description="stateful detection's state of the caller; null when not screened"
+    )
 
 
 class UsageList(BaseModel):
@@ -85,6 +90,11 @@ async def caller_usage(runtime: Runtime, caller: str) -> CallerUsage:
         "admin" if admin_budget is not None else "settings" if budget is not None else None
     )
     total = sum(models.values())
+    detection = None
+    if runtime.detections is not None:
+        policy = Policy(flag_window_s=runtime.settings.detection_flag_window_s)
+        status = await counted(runtime.detections.status(caller, policy, time.time()), runtime)
+        detection = status.state if status is not None else None
     return CallerUsage(
         caller=caller,
         models=models,
@@ -92,6 +102,7 @@ async def caller_usage(runtime: Runtime, caller: str) -> CallerUsage:
         budget=budget,
         budget_source=source,
         remaining=None if budget is None else max(budget - total, 0),
+        detection_state=detection,
     )
 
 

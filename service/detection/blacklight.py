@@ -1,0 +1,119 @@
+"""The near-duplicate layer: the probabilistic fingerprint of Blacklight (Li et al., USENIX
+Security 2022; reference ``Huiying-Li/blacklight``, ``probabilistic_fingerprint.py``).
+
+Pixels x255 plus a secret per-pixel salt, mod 255, rounded to multiples of ``quantization``;
+sliding windows of ``window`` values (stride ``step``) hashed; the ``keep`` largest distinct
+hashes kept. Two queries are near-duplicates when they share more than ``threshold`` hashes.
+
+* ``hash="sha256"``: the reference's fingerprint bit for bit (HWC pixel order, SHA-256 hex
+  digests reversed and sorted descending), one SHA-256 call per window.
+* ``hash="fast"``: a keyed 64-bit hash of each window, vectorized over the batch; same windows,
+  same selection rule, no per-window Python call.
+* ``skip_flat``: drop windows whose unsalted quantized values are all equal (blank background).
+  On MNIST any two digits share their blank border position by position, which the reference
+  counts as matching hashes (measured in ``docs/results/detection.md``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from service.detection.base import derive_bytes
+
+HashKind = Literal["fast", "sha256"]
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def official_salt(secret: bytes, shape_hwc: tuple[int, ...]) -> np.ndarray:
+    """A per-pixel salt in [0, 255) in the reference's HWC layout, fixed by the secret."""
+    seed = int.from_bytes(derive_bytes(secret, "salt-seed", 8), "little")
+    return np.random.default_rng(seed).random(shape_hwc) * 255.0
+
+
+@dataclass(frozen=True)
+class BlacklightParams:
+    """Blacklight's parameters; the defaults are the reference's (CIFAR-10)."""
+
+    window: int = 20
+    keep: int = 50
+    step: int = 1
+    quantization: int = 50
+    threshold: int = 25
+    hash: HashKind = "fast"
+    skip_flat: bool = False
+
+
+class BlacklightFingerprint:
+    """Blacklight's fingerprint of CHW images, as store keys (8 bytes of each kept hash)."""
+
+    layer = "near"
+
+    def __init__(self, secret: bytes, input_shape: tuple[int, int, int], params: BlacklightParams):
+        channels, height, width = input_shape
+        self.params = params
+        self.threshold = params.threshold
+        self.salt = official_salt(secret, (height, width, channels))
+        size = channels * height * width
+        if params.window > size:
+            raise ValueError(f"window {params.window} exceeds the {size} values of an image")
+        coefficients = np.frombuffer(derive_bytes(secret, "window-hash", 8 * params.window), "<u8")
+        self._coefficients = coefficients | np.uint64(1)
+
+    def quantized(self, images: np.ndarray) -> np.ndarray:
+        """The reference's ``preprocess``: HWC, x255, + salt, mod 255, rounded; int16 rows."""
+        hwc = np.transpose(np.asarray(images, dtype=np.float64), (0, 2, 3, 1)) * 255.0
+        salted = (hwc + self.salt) % 255.0
+        q = self.params.quantization
+        return (np.around(salted.reshape(len(images), -1) / q, decimals=0) * q).astype(np.int16)
+
+    def _flat_windows(self, images: np.ndarray) -> np.ndarray:
+        """``(N, windows)`` True where a window's unsalted quantized values are all equal."""
+        hwc = np.transpose(np.asarray(images, dtype=np.float64), (0, 2, 3, 1)) * 255.0
+        q = self.params.quantization
+        plain = np.around(hwc.reshape(len(images), -1) / q).astype(np.int16)
+        windows = sliding_window_view(plain, self.params.window, axis=1)[:, :: self.params.step]
+        return np.all(windows == windows[..., :1], axis=-1)
+
+    def sha256_hashes(self, images: np.ndarray) -> list[list[str]]:
+        """The reference's kept hashes, hex strings as it returns them (one SHA-256 a window)."""
+        p = self.params
+        out = []
+        for row in self.quantized(images):
+            count = (len(row) - p.window + 1) // p.step
+            digests = {
+                hashlib.sha256(row[i * p.step : i * p.step + p.window].tobytes()).hexdigest()
+                for i in range(count)
+            }
+            out.append(sorted((d[::-1] for d in digests), reverse=True)[: p.keep])
+        return out
+
+    def fast_hashes(self, images: np.ndarray) -> np.ndarray:
+        """``(N, windows)`` uint64 keyed hashes of every window (vectorized)."""
+        p = self.params
+        rows = self.quantized(images).astype(np.uint64)
+        windows = sliding_window_view(rows, p.window, axis=1)[:, :: p.step]
+        with np.errstate(over="ignore"):
+            h = (windows * self._coefficients).sum(axis=-1, dtype=np.uint64)
+            h ^= h >> np.uint64(31)  # a splitmix64-style finalizer spreads the linear sum
+            h *= _GOLDEN
+            h ^= h >> np.uint64(29)
+        return h
+
+    def keys(self, images: np.ndarray) -> list[list[bytes]]:
+        p = self.params
+        if p.hash == "sha256":
+            return [[bytes.fromhex(d[:16]) for d in row] for row in self.sha256_hashes(images)]
+        hashes = self.fast_hashes(images)
+        flat = self._flat_windows(images) if p.skip_flat else None
+        out = []
+        for i, row in enumerate(hashes):
+            if flat is not None:
+                row = row[~flat[i]]
+            top = np.unique(row)[::-1][: p.keep]  # distinct, largest first
+            out.append([int(v).to_bytes(8, "big") for v in top])
+        return out

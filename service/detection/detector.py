@@ -1,0 +1,207 @@
+"""``QueryDetector``: one model's detection step of the request pipeline.
+
+After the defended forward pass (which always runs, so a flagged query takes as long as any
+other), each image's fingerprints go to the store in one call with the answer it was given.
+Under ``enforce`` a flagged query is answered with the matched query's stored answer (an exact
+repeat with its first answer under ``repeat_policy="cached"``), so the flag is not visible in
+the answer's status, headers or timing; after enough flags the caller is throttled (429), then
+suspended (403) until an admin lifts it. ``shadow`` only counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.accounting import QueryCounter
+from service.config import DetectionSettings, ModelSettings, Settings
+from service.detection.base import Detector
+from service.detection.blacklight import BlacklightFingerprint, BlacklightParams
+from service.detection.exact import ExactDigest
+from service.detection.store import (
+    DetectionStore,
+    MemoryDetectionStore,
+    Observation,
+    Outcome,
+    Policy,
+)
+from service.errors import ApiError
+from service.metrics import DETECTIONS
+
+log = logging.getLogger(__name__)
+OFF_LOOP_IMAGES = 8  # larger batches are fingerprinted in a worker thread
+
+
+def blacklight_params(
+    settings: DetectionSettings, input_shape: tuple[int, ...]
+) -> BlacklightParams:
+    """The reference's parameters, or the scaled defaults: a 20-value window up to CIFAR-10's
+    3,072 values, 50 beyond (ImageNet-sized inputs), fast hashing, blank windows skipped."""
+    size = int(np.prod(input_shape))
+    reference = settings.fingerprint == "reference"
+    window = settings.window or (20 if reference or size <= 3072 else 50)
+    return BlacklightParams(
+        window=window,
+        keep=settings.keep,
+        quantization=settings.quantization,
+        threshold=settings.threshold,
+        hash="sha256" if reference else "fast",
+        skip_flat=not reference,
+    )
+
+
+@dataclass
+class QueryDetector:
+    """The layers, store and policy of one served model."""
+
+    model: str
+    settings: DetectionSettings
+    layers: list[Detector]
+    store: DetectionStore
+    policy: Policy
+    label_only: bool
+
+    @classmethod
+    def build(
+        cls,
+        model: ModelSettings,
+        input_shape: tuple[int, int, int],
+        settings: Settings,
+        secret: bytes,
+        store: DetectionStore,
+    ) -> QueryDetector:
+        det = model.detection
+        layers: list[Detector] = []
+        if "exact" in det.layers:
+            layers.append(ExactDigest(secret))
+        if "near" in det.layers:
+            layers.append(
+                BlacklightFingerprint(secret, input_shape, blacklight_params(det, input_shape))
+            )
+        enforce = det.action == "enforce"
+        policy = Policy(
+            near_threshold=det.threshold,
+            repeat_allowance=det.repeat_allowance,
+            retention_s=settings.detection_retention_s,
+            ids_per_key=settings.detection_ids_per_key,
+            flag_window_s=settings.detection_flag_window_s,
+            throttle_after=settings.detection_throttle_after,
+            suspend_after=settings.detection_suspend_after,
+            throttle_s=settings.detection_throttle_s,
+            escalate=enforce,
+            store_answers=enforce,
+        )
+        return cls(model.name, det, layers, store, policy, model.label_only)
+
+    def observations(self, images: np.ndarray, probs: np.ndarray) -> list[Observation]:
+        keys = {layer.layer: layer.keys(images) for layer in self.layers}
+        exact = keys.get("exact") or [[b""] for _ in images]
+        near = keys.get("near") or [[] for _ in images]
+        answers = self.encode_answers(probs)
+        return [Observation(e[0], n, a) for e, n, a in zip(exact, near, answers, strict=True)]
+
+    def encode_answers(self, probs: np.ndarray) -> list[bytes]:
+        if self.label_only:  # scores never leave a label-only model: keep the label only
+            return [int(label).to_bytes(2, "little") for label in probs.argmax(1)]
+        return [row.astype("<f4").tobytes() for row in probs]
+
+    def decode_answer(self, answer: bytes, classes: int) -> np.ndarray:
+        if self.label_only:
+            row = np.zeros(classes, np.float32)
+            row[int.from_bytes(answer, "little")] = 1.0
+            return row
+        return np.frombuffer(answer, "<f4").copy()
+
+    async def screen(
+        self, caller: str, images: np.ndarray, probs: np.ndarray, retry_after_s: int
+    ) -> np.ndarray:
+        """The probabilities to answer: ``probs``, with flagged rows replaced under enforce.
+        Raises 429 ``throttled`` / 403 ``suspended`` (nothing stored), or ``CounterUnavailable``."""
+        if len(images) > OFF_LOOP_IMAGES:
+            observations = await asyncio.to_thread(self.observations, images, probs)
+        else:
+            observations = self.observations(images, probs)
+        outcome = await self.store.observe(
+            caller, self.model, observations, self.policy, time.time()
+        )
+        if outcome.refused is not None:
+            raise refusal(outcome, retry_after_s)
+        return self.answers(outcome, probs)
+
+    def answers(self, outcome: Outcome, probs: np.ndarray) -> np.ndarray:
+        action = self.settings.action
+        enforce = action == "enforce"
+        flagged = False
+        out = probs
+        for i, verdict in enumerate(outcome.verdicts):
+            if verdict.layer is not None:
+                DETECTIONS.labels(self.model, verdict.layer, action).inc()
+                flagged = True
+            exact_match = verdict.matched is not None and verdict.layer in (None, "exact")
+            hide = verdict.layer == "near" or (
+                exact_match and self.settings.repeat_policy == "cached"
+            )
+            if enforce and hide and verdict.cached is not None:
+                if out is probs:
+                    out = probs.copy()
+                out[i] = self.decode_answer(verdict.cached, probs.shape[1])
+        if enforce and flagged and self.settings.visible_rejection:
+            raise ApiError(403, "query_flagged", "this request repeats earlier queries too closely")
+        return out
+
+
+def refusal(outcome: Outcome, retry_after_s: int) -> ApiError:
+    if outcome.refused == "suspended":
+        return ApiError(
+            403,
+            "suspended",
+            "this caller is suspended for query patterns of an attack; "
+            "an administrator can lift it",
+        )
+    wait = max(int(outcome.retry_after_s + 0.999), retry_after_s)
+    return ApiError(
+        429,
+        "throttled",
+        f"too many flagged queries: throttled for {wait} s",
+        {"Retry-After": str(wait)},
+    )
+
+
+def detection_secret(settings: Settings) -> bytes:
+    if settings.detection_secret is not None:
+        return settings.detection_secret.get_secret_value().encode()
+    log.warning(
+        "no detection_secret set: fingerprints use a random key of this process and are "
+        "forgotten at restart (set SND_DETECTION_SECRET)"
+    )
+    return secrets.token_bytes(32)
+
+
+def build_detectors(
+    settings: Settings, input_shapes: dict[str, tuple[int, int, int]], counter: QueryCounter
+) -> tuple[DetectionStore | None, dict[str, QueryDetector]]:
+    """The shared store (in the counter's Redis, or in memory) and each detecting model's
+    detector; ``(None, {})`` when no model detects."""
+    active = [m for m in settings.models if m.detection.action != "off"]
+    if not active:
+        return None, {}
+    from service.redis_counter import RedisCounter
+
+    store: DetectionStore
+    if isinstance(counter, RedisCounter):
+        from service.detection.redis_store import RedisDetectionStore
+
+        store = RedisDetectionStore(counter)
+    else:
+        store = MemoryDetectionStore()
+    secret = detection_secret(settings)
+    detectors = {
+        m.name: QueryDetector.build(m, input_shapes[m.name], settings, secret, store)
+        for m in active
+    }
+    return store, detectors

@@ -1,0 +1,143 @@
+"""The detection stores: the in-memory one and the Redis Lua one give the same verdicts."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from service.detection.redis_store import RedisDetectionStore
+from service.detection.store import DetectionStore, MemoryDetectionStore, Observation, Policy
+from service.redis_counter import RedisCounter
+from tests.servers import RedisProcess
+
+CALLERS = itertools.count()
+NEAR_A = [bytes([i]) * 8 for i in range(50)]
+
+
+def obs(exact: bytes, near: list[bytes], answer: bytes = b"") -> Observation:
+    return Observation(exact, near, answer or exact)
+
+
+RUNNER: asyncio.Runner | None = None
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest, redis_server: RedisProcess) -> Iterator[DetectionStore]:
+    """Each store with one event loop for the test (the Redis client's sockets live on it)."""
+    global RUNNER
+    with asyncio.Runner() as runner:
+        RUNNER = runner
+        if request.param == "memory":
+            yield MemoryDetectionStore()
+        else:
+            counter = RedisCounter(redis_server.url, prefix=f"t{next(CALLERS)}:")
+            yield RedisDetectionStore(counter)
+            runner.run(counter.close())
+        RUNNER = None
+
+
+def run(coro: Any) -> Any:
+    assert RUNNER is not None
+    return RUNNER.run(coro)
+
+
+def test_an_exact_repeat_is_flagged_and_matches_the_first_answer(store: DetectionStore) -> None:
+    policy = Policy(store_answers=True)
+    first = run(store.observe("key:a", "m", [obs(b"x" * 16, NEAR_A, b"answer-1")], policy, 100.0))
+    again = run(store.observe("key:a", "m", [obs(b"x" * 16, NEAR_A, b"answer-2")], policy, 101.0))
+    third = run(store.observe("key:a", "m", [obs(b"x" * 16, NEAR_A, b"answer-3")], policy, 102.0))
+    assert first.verdicts[0].layer is None and first.verdicts[0].matched is None
+    assert [v.seq for v in (first.verdicts[0], again.verdicts[0], third.verdicts[0])] == [1, 2, 3]
+    for outcome in (again, third):
+        verdict = outcome.verdicts[0]
+        assert (verdict.layer, verdict.matched, verdict.cached) == ("exact", 1, b"answer-1")
+
+
+def test_the_repeat_allowance_and_other_callers(store: DetectionStore) -> None:
+    policy = Policy(repeat_allowance=1, store_answers=True)
+    image = obs(b"y" * 16, NEAR_A)
+    out = run(store.observe("key:b", "m", [image, image, image], policy, 10.0))
+    assert [v.layer for v in out.verdicts] == [None, None, "exact"]
+    assert out.verdicts[1].cached == b"y" * 16  # within the allowance it is still a repeat
+    other = run(store.observe("key:c", "m", [image], policy, 10.0))
+    assert other.verdicts[0].matched is None  # state is per caller
+    model2 = run(store.observe("key:b", "m2", [image], policy, 10.0))
+    assert model2.verdicts[0].matched is None  # and per model
+
+
+def test_a_near_duplicate_shares_more_than_the_threshold(store: DetectionStore) -> None:
+    policy = Policy(near_threshold=25)
+    run(store.observe("key:d", "m", [obs(b"1" * 16, NEAR_A)], policy, 5.0))
+    keys26 = NEAR_A[:26] + [bytes([200 + i]) * 8 for i in range(24)]
+    keys25 = NEAR_A[:25] + [bytes([100 + i]) * 8 for i in range(25)]
+    out = run(
+        store.observe("key:d", "m", [obs(b"2" * 16, keys25), obs(b"3" * 16, keys26)], policy, 6.0)
+    )
+    assert [(v.layer, v.matched) for v in out.verdicts] == [(None, None), ("near", 1)]
+    assert out.verdicts[1].cached is None  # answers are stored under enforce only
+
+
+def test_escalation_throttles_then_suspends_and_lift_ends_it(store: DetectionStore) -> None:
+    policy = Policy(throttle_after=2, suspend_after=4, throttle_s=30.0, escalate=True)
+    image = obs(b"z" * 16, NEAR_A)
+    out = run(store.observe("key:e", "m", [image, image], policy, 1000.0))
+    assert out.state == "ok" and out.refused is None
+    out = run(store.observe("key:e", "m", [image], policy, 1001.0))
+    assert out.state == "throttled"
+    refused = run(store.observe("key:e", "m", [image], policy, 1010.0))
+    assert refused.refused == "throttled" and refused.verdicts == []
+    assert 19.0 <= refused.retry_after_s <= 21.0
+    out = run(store.observe("key:e", "m", [image, image], policy, 1032.0))  # throttle over
+    assert out.state == "suspended"
+    assert run(store.observe("key:e", "m", [image], policy, 99999.0)).refused == "suspended"
+    status = run(store.status("key:e", policy, 1032.0))
+    assert status.state == "suspended" and status.first_flag_query == 2
+    assert status.flags == {"m": {"exact": 4}} and status.queries == 5
+    run(store.lift("key:e"))
+    status = run(store.status("key:e", policy, 1033.0))
+    assert status.state == "ok" and status.flags_in_window == 0
+    assert run(store.observe("key:e", "m", [obs(b"new" * 5, [])], policy, 1034.0)).refused is None
+    assert "key:e" in run(store.callers())
+
+
+def test_shadow_never_refuses(store: DetectionStore) -> None:
+    policy = Policy(throttle_after=1, suspend_after=2)
+    image = obs(b"s" * 16, NEAR_A)
+    for t in range(5):
+        assert run(store.observe("key:f", "m", [image], policy, float(t))).refused is None
+    assert run(store.status("key:f", policy, 5.0)).state == "ok"
+
+
+def test_state_expires_after_the_retention_window(store: DetectionStore) -> None:
+    policy = Policy(retention_s=40.0)  # buckets of 10 s; a lookup reads the current and 4 more
+
+    def near(tag: bytes, now: float) -> int | None:
+        out = run(store.observe("key:g", "m", [obs(tag * 16, NEAR_A)], policy, now))
+        return out.verdicts[0].matched
+
+    assert near(b"1", 1005.0) is None  # bucket 100
+    assert near(b"2", 1044.0) == 1  # reads buckets 104..100
+    assert near(b"3", 1061.0) == 2  # reads 106..102: query 1 is gone, query 2 is not
+    assert near(b"4", 1200.0) is None
+
+
+def test_forget_drops_a_caller(store: DetectionStore) -> None:
+    policy = Policy()
+    run(store.observe("key:h", "m", [obs(b"h" * 16, NEAR_A)], policy, 1.0))
+    run(store.forget("key:h"))
+    assert run(store.status("key:h", policy, 1.0)) is None
+    assert (
+        run(store.observe("key:h", "m", [obs(b"h" * 16, NEAR_A)], policy, 1.0)).verdicts[0].seq == 1
+    )
+
+
+def test_ids_per_key_keeps_an_images_first_answer(store: DetectionStore) -> None:
+    policy = Policy(ids_per_key=3, store_answers=True)
+    image = obs(b"c" * 16, [], b"first")
+    for _ in range(6):
+        out = run(store.observe("key:i", "m", [image], policy, 1.0))
+    assert out.verdicts[0].cached == b"first"
