@@ -187,6 +187,11 @@ class Settings(BaseSettings):
     detection_throttle_after: int = Field(20, ge=1, description="flags in W that throttle")
     detection_suspend_after: int = Field(100, ge=1, description="flags in W that suspend")
     detection_throttle_s: float = Field(60.0, gt=0.0, description="length of a throttle")
+    detection_cross_caller: bool = Field(
+        False,
+        description="also index near-duplicates across callers (shadow: counted as "
+        "cross_caller flags, never acted on); finds an attack split over many keys",
+    )
 
     @field_validator("api_keys")
     @classmethod

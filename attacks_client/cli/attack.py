@@ -31,7 +31,7 @@ from attacks_client.evaluation.scoring import (
     select_images,
     summarize,
 )
-from attacks_client.oracles import HttpOracle, Oracle, RepeatOracle
+from attacks_client.oracles import HttpOracle, JitterOracle, Oracle, RepeatOracle
 
 
 def _checkpoints(text: str) -> list[int]:
@@ -81,6 +81,14 @@ def configure_attack(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         help="adaptive attack: majority/mean of T real queries per logical query",
+    )
+    run.add_argument(
+        "--jitter",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="add the attacker's own Gaussian noise of std S to every query (against "
+        "stateful detection); with --repeat each repeat gets its own draw",
     )
     run.add_argument(
         "--param",
@@ -140,7 +148,10 @@ def _run(attack: Attack, data: ImageSet, args: argparse.Namespace) -> int:
         output="label",
         timeout=args.timeout,
     )
-    oracle: Oracle = RepeatOracle(http, args.repeat) if args.repeat > 1 else http
+    if args.jitter < 0:
+        raise CliError("--jitter must be >= 0")
+    sent: Oracle = JitterOracle(http, args.jitter, seed=args.seed) if args.jitter > 0 else http
+    oracle: Oracle = RepeatOracle(sent, args.repeat) if args.repeat > 1 else sent
     if tuple(data.images.shape[1:]) != http.input_shape:
         raise FileNotFoundError(
             f"images of shape {tuple(data.images.shape[1:])} do not fit model {http.model!r} "
@@ -155,6 +166,7 @@ def _run(attack: Attack, data: ImageSet, args: argparse.Namespace) -> int:
         "url": http.url,
         "defense": http.defense,
         "repeat": args.repeat,
+        "jitter": args.jitter,
         "eval_draws": args.eval_draws,
         "seed": args.seed,
     }

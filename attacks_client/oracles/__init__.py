@@ -2,7 +2,8 @@
 
 :class:`Oracle` is the protocol (labels, scores, a query count), :class:`HttpOracle` a gateway's
 ``/predict`` over HTTP, :class:`FunctionOracle` an in-process function; the wrappers repeat each
-query T times (:class:`RepeatOracle`, the adaptive attack) or keep a sample of the queries
+query T times (:class:`RepeatOracle`, the adaptive attack), add the attacker's own noise
+(:class:`JitterOracle`, against stateful detection) or keep a sample of the queries
 (:class:`RecordingOracle`); :class:`ArtBridge` shows any oracle to ART as a classifier.
 """
 
@@ -13,9 +14,11 @@ from attacks_client.oracles.base import (
     Oracle,
     OracleError,
     OracleWrapper,
+    Refused,
     ScoresUnavailable,
 )
 from attacks_client.oracles.http import HttpOracle
+from attacks_client.oracles.jitter import JitterOracle
 from attacks_client.oracles.recording import RecordingOracle
 from attacks_client.oracles.repeat import RepeatOracle
 
@@ -24,10 +27,12 @@ __all__ = [
     "BudgetExhausted",
     "FunctionOracle",
     "HttpOracle",
+    "JitterOracle",
     "Oracle",
     "OracleError",
     "OracleWrapper",
     "RecordingOracle",
+    "Refused",
     "RepeatOracle",
     "ScoresUnavailable",
     "art_classifier",

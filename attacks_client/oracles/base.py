@@ -18,6 +18,10 @@ class BudgetExhausted(Exception):
     """The query budget is spent (by the client's own count, or a 429 from the server)."""
 
 
+class Refused(BudgetExhausted):
+    """The server stopped answering this caller: throttled or suspended by stateful detection."""
+
+
 class ScoresUnavailable(Exception):
     """A score-based attack met an endpoint that answers labels only."""
 

@@ -8,7 +8,8 @@
   (``X-Queries-Used``, remembered in :attr:`HttpOracle.server_queries`). The optional client-side
   ``budget`` is enforced *before* sending: a batch that does not fit raises
   :class:`~attacks_client.oracles.BudgetExhausted` and sends nothing. A 429 from the server is
-  ``BudgetExhausted`` too.
+  ``BudgetExhausted`` too; a caller throttled or suspended by stateful detection is
+  :class:`~attacks_client.oracles.Refused` (a ``BudgetExhausted``: the attack ends there).
 * Failures an attack cannot recover from are :class:`~attacks_client.oracles.OracleError` with a
   one-line message; asking a label-only model for scores is
   :class:`~attacks_client.oracles.ScoresUnavailable`. A 503 is retried after ``Retry-After``.
@@ -26,7 +27,7 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 
-from attacks_client.oracles.base import BudgetExhausted, OracleError, ScoresUnavailable
+from attacks_client.oracles.base import BudgetExhausted, OracleError, Refused, ScoresUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,8 @@ class HttpOracle:
         if status == 413 and code == "batch_too_large":
             found = re.search(r"limit (\d+)", message)
             raise _BatchTooLarge(int(found.group(1)) if found else 0)
+        if (status, code) in ((429, "throttled"), (403, "suspended")):
+            raise Refused(f"the server stopped answering ({code}): {message}")
         if status == 429:
             raise BudgetExhausted(f"the server refused the batch: {message}")
         if status == 401:

@@ -65,6 +65,7 @@ class QueryDetector:
     store: DetectionStore
     policy: Policy
     label_only: bool
+    cross_caller: bool = False
 
     @classmethod
     def build(
@@ -96,7 +97,8 @@ class QueryDetector:
             escalate=enforce,
             store_answers=enforce,
         )
-        return cls(model.name, det, layers, store, policy, model.label_only)
+        cross = settings.detection_cross_caller and "near" in det.layers
+        return cls(model.name, det, layers, store, policy, model.label_only, cross)
 
     def observations(self, images: np.ndarray, probs: np.ndarray) -> list[Observation]:
         keys = {layer.layer: layer.keys(images) for layer in self.layers}
@@ -126,11 +128,16 @@ class QueryDetector:
             observations = await asyncio.to_thread(self.observations, images, probs)
         else:
             observations = self.observations(images, probs)
-        outcome = await self.store.observe(
-            caller, self.model, observations, self.policy, time.time()
-        )
+        now = time.time()
+        outcome = await self.store.observe(caller, self.model, observations, self.policy, now)
         if outcome.refused is not None:
             raise refusal(outcome, retry_after_s)
+        if self.cross_caller:
+            near = [o.near for o in observations]
+            owners = await self.store.observe_shared(caller, self.model, near, self.policy, now)
+            flagged = sum(owner is not None for owner in owners)
+            if flagged:
+                DETECTIONS.labels(self.model, "cross_caller", "shadow").inc(flagged)
         return self.answers(outcome, probs)
 
     def answers(self, outcome: Outcome, probs: np.ndarray) -> np.ndarray:

@@ -135,3 +135,62 @@ end
 out[3] = state
 return out
 """
+
+# The cross-caller index (shadow only), under one shared hash tag. KEYS: 1 the index's meta hash
+# (``seq``), then B near-index buckets and B owner buckets (``id -> caller``), current first.
+# ARGV: B, bucket ttl, ids per key, near threshold, caller, n, then per image: k, k near keys.
+# Returns, per image, the other caller whose query it near-duplicates, or "".
+SHARED_LUA = r"""
+local nb = tonumber(ARGV[1])
+local bucket_ttl = tonumber(ARGV[2])
+local cap = tonumber(ARGV[3])
+local near_threshold = tonumber(ARGV[4])
+local caller = ARGV[5]
+local n = tonumber(ARGV[6])
+local out = {}
+local pos = 7
+for _ = 1, n do
+  local k = tonumber(ARGV[pos])
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  local packed = struct.pack('<I4', seq)
+  local counts, seen = {}, {}
+  local best, best_count = 0, 0
+  for j = pos + 1, pos + k do
+    local key = ARGV[j]
+    if not seen[key] then
+      seen[key] = true
+      for b = 1, nb do
+        local ids = redis.call('HGET', KEYS[1 + b], key)
+        if ids then
+          for o = 1, #ids, 4 do
+            local id = struct.unpack('<I4', ids, o)
+            local c = (counts[id] or 0) + 1
+            counts[id] = c
+            if c > best_count or (c == best_count and id > best) then best, best_count = id, c end
+          end
+        end
+      end
+    end
+  end
+  pos = pos + k + 1
+  local owner = ''
+  if best_count > near_threshold then
+    for b = 1, nb do
+      local o = redis.call('HGET', KEYS[1 + nb + b], tostring(best))
+      if o then owner = o break end
+    end
+  end
+  if owner == caller then owner = '' end
+  table.insert(out, owner)
+  for key in pairs(seen) do
+    local ids = redis.call('HGET', KEYS[2], key) or ''
+    if #ids >= cap * 4 then ids = string.sub(ids, 5) end
+    redis.call('HSET', KEYS[2], key, ids .. packed)
+  end
+  redis.call('HSET', KEYS[2 + nb], tostring(seq), caller)
+end
+redis.call('EXPIRE', KEYS[2], bucket_ttl)
+redis.call('EXPIRE', KEYS[2 + nb], bucket_ttl)
+redis.call('EXPIRE', KEYS[1], bucket_ttl)
+return out
+"""

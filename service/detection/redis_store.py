@@ -6,7 +6,9 @@ Keys (all tagged by the caller, like the counter's, so a caller's state is one c
   ``first_flag``, ``flags:<model>:<layer>``;
 * ``{prefix}{<caller>}:det:window`` sorted set: flags in the escalation window;
 * ``{prefix}{<caller>}:det:<model>:<layer>:<bucket>`` hash ``key -> packed ids``;
-* ``{prefix}{<caller>}:det:<model>:answers:<bucket>`` hash ``seq -> answer`` (enforce).
+* ``{prefix}{<caller>}:det:<model>:answers:<bucket>`` hash ``seq -> answer`` (enforce);
+* with ``detection_cross_caller``, ``{prefix}{*shared*}:det...``: one index over all callers
+  (near keys and each query's owner), in one slot: a hot key, meant for shadow measurement.
 
 One ``EVALSHA`` (``service.detection.redis_lua``) per request judges and indexes all its
 images. It uses the counter's connection settings (mode, Sentinel tracking, timeouts) through a
@@ -18,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from service.detection.redis_lua import OBSERVE_LUA
+from service.detection.redis_lua import OBSERVE_LUA, SHARED_LUA
 from service.detection.store import (
     BUCKETS,
     CallerStatus,
@@ -30,6 +32,8 @@ from service.detection.store import (
     bucket_range,
 )
 from service.redis_counter import RedisCounter
+
+SHARED_TAG = "*shared*"  # never a caller id: those are key:<name> or addr:<ip>
 
 
 def _text(value: Any) -> str:
@@ -43,6 +47,7 @@ class RedisDetectionStore:
         self._counter = counter
         self._redis = counter.binary_client()
         self._observe = self._redis.register_script(OBSERVE_LUA)
+        self._shared = self._redis.register_script(SHARED_LUA)
 
     def _key(self, caller: str, name: str) -> str:
         return self._counter.key(caller, name)
@@ -91,6 +96,33 @@ class RedisDetectionStore:
         ]
         return Outcome(refused or None, float(retry), verdicts, state)  # type: ignore[arg-type]
 
+    async def observe_shared(
+        self, caller: str, model: str, near: list[list[bytes]], policy: Policy, now: float
+    ) -> list[str | None]:
+        buckets = bucket_range(now, policy)
+        tag = f"{self._counter.prefix}{{{SHARED_TAG}}}:det"
+        keys = [tag] + [f"{tag}:{model}:near:{b}" for b in buckets]
+        keys += [f"{tag}:{model}:owners:{b}" for b in buckets]
+        args: list[Any] = [
+            len(buckets),
+            math.ceil(policy.retention_s + policy.bucket_s),
+            policy.ids_per_key,
+            policy.near_threshold,
+            caller,
+            len(near),
+        ]
+        for row in near:
+            args += [len(row), *row]
+        reply = await self._counter.call(lambda: self._shared(keys=keys, args=args))
+        owners = [_text(o) or None for o in reply]
+        flagged = sum(o is not None for o in owners)
+        if flagged:
+            stats = self._key(caller, "det")
+            await self._counter.call(
+                lambda: self._redis.hincrby(stats, f"flags:{model}:cross_caller", flagged)
+            )
+        return owners
+
     async def status(self, caller: str, policy: Policy, now: float) -> CallerStatus | None:
         stats_key, window_key = self._key(caller, "det"), self._key(caller, "det:window")
 
@@ -124,7 +156,7 @@ class RedisDetectionStore:
         )
 
     async def callers(self) -> list[str]:
-        return await self._counter.scan_callers(":det")
+        return [c for c in await self._counter.scan_callers(":det") if c != SHARED_TAG]
 
     async def lift(self, caller: str) -> None:
         stats_key, window_key = self._key(caller, "det"), self._key(caller, "det:window")

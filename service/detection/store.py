@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 State = Literal["ok", "throttled", "suspended"]
-Layer = Literal["exact", "near"]
+Layer = Literal["exact", "near", "cross_caller"]
 BUCKETS = 4  # a retention window spans this many buckets (plus the current, partial one)
 
 
@@ -104,6 +104,12 @@ class DetectionStore(Protocol):
 
     async def callers(self) -> list[str]: ...
 
+    async def observe_shared(
+        self, caller: str, model: str, near: list[list[bytes]], policy: Policy, now: float
+    ) -> list[str | None]:
+        """The optional cross-caller index (shadow only): per image, the other caller matched."""
+        ...
+
     async def lift(self, caller: str) -> None:
         """End a throttle or suspension and clear the flag window (fingerprints stay)."""
         ...
@@ -151,7 +157,41 @@ class MemoryDetectionStore:
 
     def __init__(self) -> None:
         self._callers: dict[str, _CallerMemory] = {}
+        self._shared = _CallerMemory()  # the cross-caller index; answers hold the owners
         self._lock = asyncio.Lock()
+
+    async def observe_shared(
+        self, caller: str, model: str, near: list[list[bytes]], policy: Policy, now: float
+    ) -> list[str | None]:
+        """The cross-caller index (shadow only): for each image, the *other* caller whose
+        stored query it near-duplicates, or None; such matches count as ``cross_caller`` flags."""
+        async with self._lock:
+            shared, buckets = self._shared, bucket_range(now, policy)
+            self._expire(shared, buckets[-1])
+            owners: list[str | None] = []
+            for keys in near:
+                shared.seq += 1
+                best = _nearest(shared, model, keys, buckets, policy)
+                owner = None
+                if best is not None:
+                    stored = (shared.answers[(model, b)].get(best) for b in buckets)
+                    owner = next((o.decode() for o in stored if o is not None), None)
+                owners.append(owner if owner != caller else None)
+                for key in dict.fromkeys(keys):
+                    _append(
+                        shared.index[(model, "near", buckets[0])],
+                        key,
+                        shared.seq,
+                        policy.ids_per_key,
+                    )
+                shared.answers[(model, buckets[0])][shared.seq] = caller.encode()
+            flagged = sum(o is not None for o in owners)
+            memory = self._callers.get(caller)
+            if flagged and memory is not None:
+                memory.flags[model]["cross_caller"] = (
+                    memory.flags[model].get("cross_caller", 0) + flagged
+                )
+            return owners
 
     async def observe(
         self,
@@ -200,15 +240,9 @@ class MemoryDetectionStore:
             if sum(map(len, found)) > policy.repeat_allowance:
                 layer = "exact"
         else:
-            counts: dict[int, int] = defaultdict(int)
-            for key in dict.fromkeys(observation.near):
-                for b in buckets:
-                    for qid in memory.index[(model, "near", b)].get(key, ()):
-                        counts[qid] += 1
-            if counts:
-                best = max(counts, key=lambda qid: (counts[qid], qid))
-                if counts[best] > policy.near_threshold:
-                    layer, matched = "near", best
+            best = _nearest(memory, model, observation.near, buckets, policy)
+            if best is not None:
+                layer, matched = "near", best
             for key in dict.fromkeys(observation.near):
                 _append(memory.index[(model, "near", current)], key, seq, policy.ids_per_key)
         _append(memory.index[(model, "exact", current)], observation.exact, seq, policy.ids_per_key)
@@ -272,6 +306,21 @@ class MemoryDetectionStore:
     async def forget(self, caller: str) -> None:
         async with self._lock:
             self._callers.pop(caller, None)
+
+
+def _nearest(
+    memory: _CallerMemory, model: str, keys: list[bytes], buckets: list[int], policy: Policy
+) -> int | None:
+    """The stored query sharing the most of ``keys`` (ties: the latest), if over threshold."""
+    counts: dict[int, int] = defaultdict(int)
+    for key in dict.fromkeys(keys):
+        for b in buckets:
+            for qid in memory.index[(model, "near", b)].get(key, ()):
+                counts[qid] += 1
+    if not counts:
+        return None
+    best = max(counts, key=lambda qid: (counts[qid], qid))
+    return best if counts[best] > policy.near_threshold else None
 
 
 def _append(index: dict[bytes, list[int]], key: bytes, seq: int, cap: int) -> None:

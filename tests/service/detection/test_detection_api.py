@@ -179,3 +179,29 @@ def test_fresh_policy_and_expiry_in_memory() -> None:
         post()
         callers = admin_get(process, "/detections").json()["callers"]
         assert callers[0]["flags"] == {MODEL: {"exact": 1}} and callers[0]["queries"] == 3
+
+
+def test_cross_caller_index_sees_an_attack_split_over_keys(redis_server: RedisProcess) -> None:
+    settings = {
+        "redis_url": f"redis://127.0.0.1:{redis_server.port}/7",
+        "api_keys": {sha256(f"{c}-key"): c for c in CALLERS},
+        "admin_token_sha256": sha256(ADMIN),
+        "models": [detection_model(SHADOW, "shadow")],
+        "detection_cross_caller": True,
+    }
+    with ServiceProcess(settings) as process:
+        for caller, delta in (("alice", 0.0), ("bob", 0.001), ("carol", 0.002)):
+            assert (
+                predict(process, caller, np.clip(IMAGES[0] + delta, 0, 1), SHADOW).status_code
+                == 200
+            )
+        assert predict(process, "dave", IMAGES[1], SHADOW).status_code == 200
+        flags = {
+            c["caller"]: c["flags"] for c in admin_get(process, "/detections").json()["callers"]
+        }
+        assert flags == {
+            "key:alice": {},
+            "key:bob": {SHADOW: {"cross_caller": 1}},
+            "key:carol": {SHADOW: {"cross_caller": 1}},
+            "key:dave": {},
+        }

@@ -141,3 +141,20 @@ def test_ids_per_key_keeps_an_images_first_answer(store: DetectionStore) -> None
     for _ in range(6):
         out = run(store.observe("key:i", "m", [image], policy, 1.0))
     assert out.verdicts[0].cached == b"first"
+
+
+def test_the_cross_caller_index_names_the_other_caller(store: DetectionStore) -> None:
+    policy = Policy()
+    run(store.observe("key:p", "m", [obs(b"p" * 16, NEAR_A)], policy, 1.0))
+    run(store.observe("key:q", "m", [obs(b"q" * 16, NEAR_A)], policy, 1.0))
+    assert run(store.observe_shared("key:p", "m", [NEAR_A], policy, 1.0)) == [None]
+    again = run(store.observe_shared("key:p", "m", [NEAR_A[:30] + NEAR_A[:1]], policy, 2.0))
+    assert again == [None]  # its own earlier query: not a cross-caller match
+    other = NEAR_A[:26] + [bytes([250 - i]) * 8 for i in range(24)]
+    assert run(store.observe_shared("key:q", "m", [other, [b"z" * 8]], policy, 3.0)) == [
+        "key:p",
+        None,
+    ]
+    assert run(store.status("key:q", policy, 3.0)).flags == {"m": {"cross_caller": 1}}
+    assert run(store.observe_shared("key:q", "m2", [NEAR_A], policy, 3.0)) == [None]  # per model
+    assert run(store.callers()) == ["key:p", "key:q"]  # the shared index is no caller
