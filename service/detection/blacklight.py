@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from service.detection.base import derive_bytes
 
@@ -61,8 +60,15 @@ class BlacklightFingerprint:
         size = channels * height * width
         if params.window > size:
             raise ValueError(f"window {params.window} exceeds the {size} values of an image")
-        coefficients = np.frombuffer(derive_bytes(secret, "window-hash", 8 * params.window), "<u8")
-        self._coefficients = coefficients | np.uint64(1)
+        # the fast hash: sum_j v[i+j] B^j mod 2^64 for a secret odd base B, from prefix sums
+        base = int.from_bytes(derive_bytes(secret, "window-hash", 8), "little") | 1
+        powers, inverse_powers, x, y, inverse = [], [], 1, 1, pow(base, -1, 2**64)
+        for _ in range(size + 1):
+            powers.append(x)
+            inverse_powers.append(y)
+            x, y = x * base % 2**64, y * inverse % 2**64
+        self._powers = np.array(powers, np.uint64)
+        self._inverse_powers = np.array(inverse_powers, np.uint64)
 
     def quantized(self, images: np.ndarray) -> np.ndarray:
         """The reference's ``preprocess``: HWC, x255, + salt, mod 255, rounded; int16 rows."""
@@ -74,10 +80,11 @@ class BlacklightFingerprint:
     def _flat_windows(self, images: np.ndarray) -> np.ndarray:
         """``(N, windows)`` True where a window's unsalted quantized values are all equal."""
         hwc = np.transpose(np.asarray(images, dtype=np.float64), (0, 2, 3, 1)) * 255.0
-        q = self.params.quantization
-        plain = np.around(hwc.reshape(len(images), -1) / q).astype(np.int16)
-        windows = sliding_window_view(plain, self.params.window, axis=1)[:, :: self.params.step]
-        return np.all(windows == windows[..., :1], axis=-1)
+        plain = np.around(hwc.reshape(len(images), -1) / self.params.quantization)
+        changes = np.zeros((len(images), plain.shape[1]), np.int32)
+        np.cumsum(plain[:, 1:] != plain[:, :-1], axis=1, out=changes[:, 1:])
+        w, step = self.params.window, self.params.step
+        return (changes[:, w - 1 :] == changes[:, : changes.shape[1] - w + 1])[:, ::step]
 
     def sha256_hashes(self, images: np.ndarray) -> list[list[str]]:
         """The reference's kept hashes, hex strings as it returns them (one SHA-256 a window)."""
@@ -93,13 +100,18 @@ class BlacklightFingerprint:
         return out
 
     def fast_hashes(self, images: np.ndarray) -> np.ndarray:
-        """``(N, windows)`` uint64 keyed hashes of every window (vectorized)."""
+        """``(N, windows)`` uint64 keyed hashes of every window: a polynomial hash with a
+        secret base, from prefix sums (no per-window work), then a splitmix64-style finalizer."""
         p = self.params
         rows = self.quantized(images).astype(np.uint64)
-        windows = sliding_window_view(rows, p.window, axis=1)[:, :: p.step]
+        n = rows.shape[1]
         with np.errstate(over="ignore"):
-            h = (windows * self._coefficients).sum(axis=-1, dtype=np.uint64)
-            h ^= h >> np.uint64(31)  # a splitmix64-style finalizer spreads the linear sum
+            prefix = np.zeros((len(rows), n + 1), np.uint64)
+            np.cumsum(rows * self._powers[:n], axis=1, out=prefix[:, 1:])
+            count = n - p.window + 1
+            h = (prefix[:, p.window :] - prefix[:, :count]) * self._inverse_powers[:count]
+            h = h[:, :: p.step]
+            h ^= h >> np.uint64(31)
             h *= _GOLDEN
             h ^= h >> np.uint64(29)
         return h
@@ -109,11 +121,13 @@ class BlacklightFingerprint:
         if p.hash == "sha256":
             return [[bytes.fromhex(d[:16]) for d in row] for row in self.sha256_hashes(images)]
         hashes = self.fast_hashes(images)
-        flat = self._flat_windows(images) if p.skip_flat else None
+        keep = ~self._flat_windows(images) if p.skip_flat else None
         out = []
         for i, row in enumerate(hashes):
-            if flat is not None:
-                row = row[~flat[i]]
-            top = np.unique(row)[::-1][: p.keep]  # distinct, largest first
-            out.append([int(v).to_bytes(8, "big") for v in top])
+            if keep is not None:
+                row = row[keep[i]]
+            ordered = np.sort(row)[::-1]
+            distinct = ordered[np.r_[True, ordered[1:] != ordered[:-1]]]  # largest first
+            top = distinct[: p.keep].astype(">u8").tobytes()
+            out.append([top[j : j + 8] for j in range(0, len(top), 8)])
         return out

@@ -1,35 +1,84 @@
 """The Lua of ``RedisDetectionStore``: one call judges, indexes and escalates a request.
 
-KEYS: 1 the caller's stats hash, 2 its flag window (sorted set), then ``B`` exact-index buckets,
-``B`` near-index buckets and ``B`` answer buckets, current bucket first. All carry the caller's
-hash tag, so one call touches one cluster slot.
+KEYS: 1 the caller's stats hash, 2 its flag window (sorted set), then ``B`` bucket hashes of the
+model, current first. A bucket hash holds the exact index (``e<digest>``), the near-duplicate
+index (``n<key>``), both ``-> packed ids``, and stored answers (``a<seq>``). All keys carry the
+caller's hash tag, so one call touches one cluster slot.
 
-ARGV: now, B, bucket ttl, stats ttl, ids per key, near threshold, repeat allowance, flag window,
-throttle after, suspend after, throttle seconds, escalate (0/1), store answers (0/1), model, n,
-then per image: exact digest, k, k near keys, answer.
+ARGV: 1 the policy, space-separated: now, B, bucket ttl, stats ttl, ids per key, near
+threshold, repeat allowance, flag window, throttle after, suspend after, throttle seconds,
+escalate (0/1), store answers (0/1); 2 the model; 3 n; then per image: the exact digest, the
+near keys concatenated (8 bytes each), the answer. (Few arguments: packing them is the client's
+largest cost.)
 
 Returns ``{refused, retry_after, state, v1...}``; each verdict is ``{seq, layer, matched,
 cached}`` (``layer`` "" when unflagged, ``matched`` 0 when none, ``cached`` "" when none).
 Ids are packed little-endian uint32 (``struct``), four bytes each.
 """
 
-OBSERVE_LUA = r"""
-local now = tonumber(ARGV[1])
-local nb = tonumber(ARGV[2])
-local bucket_ttl = tonumber(ARGV[3])
-local stats_ttl = tonumber(ARGV[4])
-local cap = tonumber(ARGV[5])
-local near_threshold = tonumber(ARGV[6])
-local allowance = tonumber(ARGV[7])
-local flag_window = tonumber(ARGV[8])
-local throttle_after = tonumber(ARGV[9])
-local suspend_after = tonumber(ARGV[10])
-local throttle_s = tonumber(ARGV[11])
-local escalate = ARGV[12] == '1'
-local store_answers = ARGV[13] == '1'
-local model = ARGV[14]
-local n = tonumber(ARGV[15])
+POLICY_LUA = r"""
+local p = {}
+for v in string.gmatch(ARGV[1], '%S+') do table.insert(p, tonumber(v)) end
+"""
+
+# Count, over the buckets, the stored ids of each distinct key of ``blob`` (8-byte keys, fields
+# prefixed 'n'); returns the fields, the current bucket's values, and the best id and count.
+NEAREST_LUA = r"""
+local function nearest(blob, nb, key_of)
+  local fields, seen = {}, {}
+  for j = 1, #blob, 8 do
+    local key = 'n' .. string.sub(blob, j, j + 7)
+    if not seen[key] then
+      seen[key] = true
+      table.insert(fields, key)
+    end
+  end
+  local counts, best, best_count, current = {}, 0, 0, {}
+  if #fields == 0 then return fields, current, best, best_count end
+  for b = 1, nb do
+    local found = redis.call('HMGET', key_of(b), unpack(fields))
+    if b == 1 then current = found end
+    for f = 1, #fields do
+      local ids = found[f]
+      if ids then
+        for o = 1, #ids, 4 do
+          local id = struct.unpack('<I4', ids, o)
+          local c = (counts[id] or 0) + 1
+          counts[id] = c
+          if c > best_count or (c == best_count and id > best) then best, best_count = id, c end
+        end
+      end
+    end
+  end
+  return fields, current, best, best_count
+end
+
+local function append_all(key, fields, current, packed, cap, keep_first)
+  local updates = {}
+  for f = 1, #fields do
+    local ids = current[f] or ''
+    if #ids >= cap * 4 then
+      if keep_first then ids = string.sub(ids, 1, 4) .. string.sub(ids, 9)
+      else ids = string.sub(ids, 5) end
+    end
+    table.insert(updates, fields[f])
+    table.insert(updates, ids .. packed)
+  end
+  if #updates > 0 then redis.call('HSET', key, unpack(updates)) end
+end
+"""
+
+OBSERVE_LUA = (
+    POLICY_LUA
+    + NEAREST_LUA
+    + r"""
+local now, nb, bucket_ttl, stats_ttl, cap = p[1], p[2], p[3], p[4], p[5]
+local near_threshold, allowance, flag_window = p[6], p[7], p[8]
+local throttle_after, suspend_after, throttle_s = p[9], p[10], p[11]
+local escalate, store_answers = p[12] == 1, p[13] == 1
+local model, n = ARGV[2], tonumber(ARGV[3])
 local stats, window = KEYS[1], KEYS[2]
+local function bucket(b) return KEYS[2 + b] end
 
 local state = redis.call('HGET', stats, 'state') or 'ok'
 local until_ = tonumber(redis.call('HGET', stats, 'until') or '0')
@@ -40,70 +89,40 @@ if escalate then
   end
 end
 
-local function exact_key(b) return KEYS[2 + b] end
-local function near_key(b) return KEYS[2 + nb + b] end
-local function answer_key(b) return KEYS[2 + 2 * nb + b] end
-
-local function append(key, field, packed)
-  local ids = redis.call('HGET', key, field) or ''
-  if #ids >= cap * 4 then ids = string.sub(ids, 1, 4) .. string.sub(ids, 9) end
-  redis.call('HSET', key, field, ids .. packed)
-end
-
 local out = {'', '0', state}
 local flagged = 0
-local pos = 16
+local pos = 4
 for _ = 1, n do
-  local exact = ARGV[pos]
-  local k = tonumber(ARGV[pos + 1])
-  local near_first = pos + 2
-  local answer = ARGV[near_first + k]
-  pos = near_first + k + 1
+  local exact, near_blob, answer = 'e' .. ARGV[pos], ARGV[pos + 1], ARGV[pos + 2]
+  pos = pos + 3
   local seq = redis.call('HINCRBY', stats, 'seq', 1)
   local packed = struct.pack('<I4', seq)
-  local layer, matched, copies = '', 0, 0
+  local layer, matched, copies, current_copies = '', 0, 0, false
   for b = 1, nb do
-    local ids = redis.call('HGET', exact_key(b), exact)
+    local ids = redis.call('HGET', bucket(b), exact)
     if ids then
       copies = copies + #ids / 4
       matched = struct.unpack('<I4', ids, 1)
+      if b == 1 then current_copies = ids end
     end
   end
   if copies > 0 then
     if copies > allowance then layer = 'exact' end
   else
-    local counts, seen = {}, {}
-    local best, best_count = 0, 0
-    for j = near_first, near_first + k - 1 do
-      local key = ARGV[j]
-      if not seen[key] then
-        seen[key] = true
-        for b = 1, nb do
-          local ids = redis.call('HGET', near_key(b), key)
-          if ids then
-            for o = 1, #ids, 4 do
-              local id = struct.unpack('<I4', ids, o)
-              local c = (counts[id] or 0) + 1
-              counts[id] = c
-              if c > best_count or (c == best_count and id > best) then best, best_count = id, c end
-            end
-          end
-        end
-      end
-    end
+    local fields, current, best, best_count = nearest(near_blob, nb, bucket)
     if best_count > near_threshold then layer, matched = 'near', best end
-    for key in pairs(seen) do append(near_key(1), key, packed) end
+    append_all(bucket(1), fields, current, packed, cap, false)
   end
-  append(exact_key(1), exact, packed)
+  append_all(bucket(1), {exact}, {current_copies}, packed, cap, true)
   local cached = ''
   if matched > 0 then
-    local field = tostring(matched)
+    local field = 'a' .. matched
     for b = 1, nb do
-      local a = redis.call('HGET', answer_key(b), field)
+      local a = redis.call('HGET', bucket(b), field)
       if a then cached = a break end
     end
   end
-  if store_answers and copies == 0 then redis.call('HSET', answer_key(1), tostring(seq), answer) end
+  if store_answers and copies == 0 then redis.call('HSET', bucket(1), 'a' .. seq, answer) end
   if layer ~= '' then
     flagged = flagged + 1
     redis.call('HINCRBY', stats, 'flags:' .. model .. ':' .. layer, 1)
@@ -113,9 +132,12 @@ for _ = 1, n do
   table.insert(out, {seq, layer, matched, cached})
 end
 
-for b = 1, 3 * nb, nb do redis.call('EXPIRE', KEYS[2 + b], bucket_ttl) end
-redis.call('ZREMRANGEBYSCORE', window, '-inf', now - flag_window)
-local in_window = redis.call('ZCARD', window)
+redis.call('EXPIRE', bucket(1), bucket_ttl)
+local in_window = 0
+if flagged > 0 or escalate then
+  redis.call('ZREMRANGEBYSCORE', window, '-inf', now - flag_window)
+  in_window = redis.call('ZCARD', window)
+end
 if escalate and flagged > 0 then
   if in_window >= suspend_after then
     state = 'suspended'
@@ -135,62 +157,38 @@ end
 out[3] = state
 return out
 """
+)
 
-# The cross-caller index (shadow only), under one shared hash tag. KEYS: 1 the index's meta hash
-# (``seq``), then B near-index buckets and B owner buckets (``id -> caller``), current first.
-# ARGV: B, bucket ttl, ids per key, near threshold, caller, n, then per image: k, k near keys.
-# Returns, per image, the other caller whose query it near-duplicates, or "".
-SHARED_LUA = r"""
-local nb = tonumber(ARGV[1])
-local bucket_ttl = tonumber(ARGV[2])
-local cap = tonumber(ARGV[3])
-local near_threshold = tonumber(ARGV[4])
-local caller = ARGV[5]
-local n = tonumber(ARGV[6])
+# The cross-caller index (shadow only), under one shared hash tag. KEYS: 1 the index's meta
+# hash (``seq``), then B bucket hashes (``n<key> -> packed ids``, ``o<id> -> caller``), current
+# first. ARGV: 1 the policy: B, bucket ttl, ids per key, near threshold; 2 the caller; 3 n; then
+# per image its near keys concatenated. Returns, per image, the other caller whose query it
+# near-duplicates, or "".
+SHARED_LUA = (
+    POLICY_LUA
+    + NEAREST_LUA
+    + r"""
+local nb, bucket_ttl, cap, near_threshold = p[1], p[2], p[3], p[4]
+local caller, n = ARGV[2], tonumber(ARGV[3])
+local function bucket(b) return KEYS[1 + b] end
 local out = {}
-local pos = 7
-for _ = 1, n do
-  local k = tonumber(ARGV[pos])
+for i = 1, n do
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-  local packed = struct.pack('<I4', seq)
-  local counts, seen = {}, {}
-  local best, best_count = 0, 0
-  for j = pos + 1, pos + k do
-    local key = ARGV[j]
-    if not seen[key] then
-      seen[key] = true
-      for b = 1, nb do
-        local ids = redis.call('HGET', KEYS[1 + b], key)
-        if ids then
-          for o = 1, #ids, 4 do
-            local id = struct.unpack('<I4', ids, o)
-            local c = (counts[id] or 0) + 1
-            counts[id] = c
-            if c > best_count or (c == best_count and id > best) then best, best_count = id, c end
-          end
-        end
-      end
-    end
-  end
-  pos = pos + k + 1
+  local fields, current, best, best_count = nearest(ARGV[3 + i], nb, bucket)
   local owner = ''
   if best_count > near_threshold then
     for b = 1, nb do
-      local o = redis.call('HGET', KEYS[1 + nb + b], tostring(best))
+      local o = redis.call('HGET', bucket(b), 'o' .. best)
       if o then owner = o break end
     end
   end
   if owner == caller then owner = '' end
   table.insert(out, owner)
-  for key in pairs(seen) do
-    local ids = redis.call('HGET', KEYS[2], key) or ''
-    if #ids >= cap * 4 then ids = string.sub(ids, 5) end
-    redis.call('HSET', KEYS[2], key, ids .. packed)
-  end
-  redis.call('HSET', KEYS[2 + nb], tostring(seq), caller)
+  append_all(bucket(1), fields, current, struct.pack('<I4', seq), cap, false)
+  redis.call('HSET', bucket(1), 'o' .. seq, caller)
 end
-redis.call('EXPIRE', KEYS[2], bucket_ttl)
-redis.call('EXPIRE', KEYS[2 + nb], bucket_ttl)
+redis.call('EXPIRE', bucket(1), bucket_ttl)
 redis.call('EXPIRE', KEYS[1], bucket_ttl)
 return out
 """
+)

@@ -5,8 +5,8 @@ Keys (all tagged by the caller, like the counter's, so a caller's state is one c
 * ``{prefix}{<caller>}:det`` hash: ``seq`` (the caller's queries seen), ``state``, ``until``,
   ``first_flag``, ``flags:<model>:<layer>``;
 * ``{prefix}{<caller>}:det:window`` sorted set: flags in the escalation window;
-* ``{prefix}{<caller>}:det:<model>:<layer>:<bucket>`` hash ``key -> packed ids``;
-* ``{prefix}{<caller>}:det:<model>:answers:<bucket>`` hash ``seq -> answer`` (enforce);
+* ``{prefix}{<caller>}:det:<model>:<bucket>`` hash: ``e<digest>`` and ``n<key>`` ``-> packed
+  ids`` (the two indexes), ``a<seq> -> answer`` (enforce);
 * with ``detection_cross_caller``, ``{prefix}{*shared*}:det...``: one index over all callers
   (near keys and each query's owner), in one slot: a hot key, meant for shadow measurement.
 
@@ -62,9 +62,8 @@ class RedisDetectionStore:
     ) -> Outcome:
         buckets = bucket_range(now, policy)
         keys = [self._key(caller, "det"), self._key(caller, "det:window")]
-        for kind in ("exact", "near", "answers"):
-            keys += [self._key(caller, f"det:{model}:{kind}:{b}") for b in buckets]
-        args: list[Any] = [
+        keys += [self._key(caller, f"det:{model}:{b}") for b in buckets]
+        numbers = [
             repr(now),
             len(buckets),
             math.ceil(policy.retention_s + policy.bucket_s),
@@ -78,11 +77,10 @@ class RedisDetectionStore:
             repr(policy.throttle_s),
             int(policy.escalate),
             int(policy.store_answers),
-            model,
-            len(observations),
         ]
+        args: list[Any] = [" ".join(map(str, numbers)), model, len(observations)]
         for o in observations:
-            args += [o.exact, len(o.near), *o.near, o.answer]
+            args += [o.exact, b"".join(o.near), o.answer]
         reply = await self._counter.call(lambda: self._observe(keys=keys, args=args))
         refused, retry, state = (_text(v) for v in reply[:3])
         verdicts = [
@@ -101,18 +99,15 @@ class RedisDetectionStore:
     ) -> list[str | None]:
         buckets = bucket_range(now, policy)
         tag = f"{self._counter.prefix}{{{SHARED_TAG}}}:det"
-        keys = [tag] + [f"{tag}:{model}:near:{b}" for b in buckets]
-        keys += [f"{tag}:{model}:owners:{b}" for b in buckets]
-        args: list[Any] = [
+        keys = [tag] + [f"{tag}:{model}:{b}" for b in buckets]
+        numbers = [
             len(buckets),
             math.ceil(policy.retention_s + policy.bucket_s),
             policy.ids_per_key,
             policy.near_threshold,
-            caller,
-            len(near),
         ]
-        for row in near:
-            args += [len(row), *row]
+        args: list[Any] = [" ".join(map(str, numbers)), caller, len(near)]
+        args += [b"".join(row) for row in near]
         reply = await self._counter.call(lambda: self._shared(keys=keys, args=args))
         owners = [_text(o) or None for o in reply]
         flagged = sum(o is not None for o in owners)

@@ -245,7 +245,13 @@ class MemoryDetectionStore:
                 layer, matched = "near", best
             for key in dict.fromkeys(observation.near):
                 _append(memory.index[(model, "near", current)], key, seq, policy.ids_per_key)
-        _append(memory.index[(model, "exact", current)], observation.exact, seq, policy.ids_per_key)
+        _append(
+            memory.index[(model, "exact", current)],
+            observation.exact,
+            seq,
+            policy.ids_per_key,
+            True,
+        )
         cached = None
         if matched is not None:
             cached = next(
@@ -323,10 +329,12 @@ def _nearest(
     return best if counts[best] > policy.near_threshold else None
 
 
-def _append(index: dict[bytes, list[int]], key: bytes, seq: int, cap: int) -> None:
-    """Add ``seq`` to ``key``'s ids; past ``cap`` drop the second oldest (the first id is an
-    image's first answer, which cached repeats return)."""
+def _append(
+    index: dict[bytes, list[int]], key: bytes, seq: int, cap: int, keep_first: bool = False
+) -> None:
+    """Add ``seq`` to ``key``'s ids; past ``cap`` drop the oldest, or with ``keep_first`` the
+    second oldest (the exact index: the first id is an image's first answer)."""
     ids = index.setdefault(key, [])
     ids.append(seq)
     if len(ids) > cap:
-        del ids[1]
+        del ids[1 if keep_first else 0]

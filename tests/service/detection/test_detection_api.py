@@ -205,3 +205,14 @@ def test_cross_caller_index_sees_an_attack_split_over_keys(redis_server: RedisPr
             "key:carol": {SHADOW: {"cross_caller": 1}},
             "key:dave": {},
         }
+
+
+def test_the_secret_is_never_returned_or_logged(server: ServiceProcess) -> None:
+    predict(server, "erin", IMAGES[3])
+    bodies = [
+        httpx.get(f"{server.url}{path}", timeout=10).text for path in ("/models", "/openapi.json")
+    ]
+    bodies += [admin_get(server, path).text for path in ("/detections", "/usage")]
+    bodies.append(httpx.get(f"{server.url}/metrics", timeout=10).text)
+    assert not any("a-test-secret" in body for body in bodies)
+    assert "a-test-secret" not in server.log()

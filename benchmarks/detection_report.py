@@ -1,0 +1,149 @@
+"""``docs/results/detection.md`` and its plot from ``benchmarks.detection_eval``'s JSON.
+
+python -m benchmarks.detection_report
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OUT = Path("docs/results/detection")
+PAGE = Path("docs/results/detection.md")
+THRESHOLDS = list(range(5, 50))
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def attack_table(rows: list[dict[str, Any]]) -> list[str]:
+    groups: dict[tuple[str, bool], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["config"], row["snd"])].append(row)
+    lines = [
+        "| attack | defense | runs flagged | first flag: median | p90 | queries flagged "
+        "| enforce: success at budget | answered before refusal (median) | state at the end |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (config, snd), runs in groups.items():
+        shadow = [r["shadow"] for r in runs]
+        firsts = [s["first_flag"] for s in shadow if s["first_flag"] is not None]
+        flagged_share = sum(s["flagged"] for s in shadow) / max(
+            sum(s["queries"] for s in shadow), 1
+        )
+        enforce = [r["enforce"] for r in runs]
+        states = sorted({e["state"] for e in enforce})
+        lines.append(
+            f"| {config} | {'SND 0.01' if snd else 'none'} | {len(firsts)}/{len(runs)} "
+            f"| {np.median(firsts):.0f} | {np.percentile(firsts, 90):.0f} "
+            if firsts
+            else f"| {config} | {'SND 0.01' if snd else 'none'} | 0/{len(runs)} | – | – "
+        )
+        lines[-1] += (
+            f"| {pct(flagged_share)} | {sum(e['success'] for e in enforce)}/{len(runs)} "
+            f"| {np.median([e['queries_sent'] for e in enforce]):.0f} | {', '.join(states)} |"
+        )
+    return lines
+
+
+def benign_table(streams: dict[str, list[dict[str, Any]]]) -> list[str]:
+    lines = [
+        "| stream | streams | queries each | streams flagged | flags per query |",
+        "|---|---|---|---|---|",
+    ]
+    for name, runs in streams.items():
+        queries = sum(r["queries"] for r in runs)
+        flags = sum(r["flagged"] for r in runs)
+        lines.append(
+            f"| {name} | {len(runs)} | {runs[0]['queries']} | {sum(r['flagged'] > 0 for r in runs)}"
+            f"/{len(runs)} | {flags / queries:.2g} |"
+        )
+    return lines
+
+
+def threshold_curves(
+    rows: list[dict[str, Any]], streams: dict[str, list[dict[str, Any]]]
+) -> dict[str, list[float]]:
+    attacks = [r["overlap"] for r in rows if "S=" not in r["config"]]
+    benign = [
+        o
+        for name, runs in streams.items()
+        if name.startswith("distinct")
+        for r in runs
+        for o in r["overlap"]
+    ]
+    benign_arr = np.array(benign)
+    return {
+        "attack runs flagged": [
+            float(np.mean([max(o, default=0) > t for o in attacks])) for t in THRESHOLDS
+        ],
+        "benign queries flagged": [float(np.mean(benign_arr > t)) for t in THRESHOLDS],
+    }
+
+
+def plot(curves: dict[str, list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(
+        THRESHOLDS, curves["attack runs flagged"], label="attack runs flagged (first 2k queries)"
+    )
+    benign = np.maximum(curves["benign queries flagged"], 1e-6)
+    ax.plot(THRESHOLDS, benign, label="benign queries flagged (distinct-image streams)")
+    ax.axvline(25, color="grey", ls="--", lw=1, label="default threshold 25")
+    ax.set_yscale("log")
+    ax.set_xlabel("threshold: shared hashes (of 50) needed is more than")
+    ax.set_ylabel("share (log; 1e-6 = none)")
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title("Near-duplicate layer: detection against false positives")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    attacks = json.loads((OUT / "attacks.json").read_text())
+    benign = json.loads((OUT / "benign.json").read_text())
+    memory = json.loads((OUT / "bytes.json").read_text())
+    curves = threshold_curves(attacks["rows"], benign["streams"])
+    plot(curves, OUT / "threshold.png")
+    (OUT / "curves.json").write_text(json.dumps(curves))
+    parts = [
+        "# Stateful detection: measured",
+        "",
+        "Produced by:",
+        "",
+        f"    {attacks['command']}",
+        "    python -m benchmarks.detection_report",
+        "",
+        "## Attacks",
+        "",
+        *attack_table(attacks["rows"]),
+        "",
+        "## Benign streams",
+        "",
+        *benign_table(benign["streams"]),
+        "",
+        "## Threshold",
+        "",
+        "![detection against false positives](detection/threshold.png)",
+        "",
+        "## Redis memory per query",
+        "",
+        f"`MEMORY USAGE` over every detection key after 1,000 distinct MNIST queries: "
+        f"{memory['bytes']['shadow']:.0f} bytes per query in shadow mode, "
+        f"{memory['bytes']['enforce']:.0f} in enforce (answers stored too).",
+    ]
+    PAGE.write_text("\n".join(parts) + "\n")
+    print(PAGE.read_text())
+
+
+if __name__ == "__main__":
+    main()
