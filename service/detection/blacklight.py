@@ -127,7 +127,8 @@ class BlacklightFingerprint:
             if keep is not None:
                 row = row[keep[i]]
             ordered = np.sort(row)[::-1]
-            distinct = ordered[np.r_[True, ordered[1:] != ordered[:-1]]]  # largest first
+            first = np.r_[True, ordered[1:] != ordered[:-1]][: len(ordered)]
+            distinct = ordered[first]  # distinct, largest first (none for a blank image)
             top = distinct[: p.keep].astype(">u8").tobytes()
             out.append([top[j : j + 8] for j in range(0, len(top), 8)])
         return out

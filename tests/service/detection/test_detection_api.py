@@ -216,3 +216,12 @@ def test_the_secret_is_never_returned_or_logged(server: ServiceProcess) -> None:
     bodies.append(httpx.get(f"{server.url}/metrics", timeout=10).text)
     assert not any("a-test-secret" in body for body in bodies)
     assert "a-test-secret" not in server.log()
+
+
+def test_blank_images_are_answered_and_only_repeat_exactly(server: ServiceProcess) -> None:
+    blank = np.zeros((1, 28, 28), np.float32)
+    assert predict(server, "dave", blank).status_code == 200
+    assert predict(server, "dave", blank).status_code == 200
+    assert predict(server, "dave", blank + 1.0).status_code == 200
+    status = admin_get(server, "/detections/key:dave").json()
+    assert status["flags"][MODEL] == {"exact": 1}

@@ -100,3 +100,15 @@ def test_exact_digests_differ_for_one_ulp() -> None:
     keys = layer.keys(np.concatenate([image, image, bumped]))
     assert keys[0] == keys[1] != keys[2]
     assert Counter(len(k[0]) for k in keys) == {16: 3}
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, 0.5])
+def test_a_blank_image_has_no_near_keys_and_one_digest(value: float) -> None:
+    shape = (1, 28, 28)
+    blank = np.full((2, *shape), value, np.float32)
+    layer = BlacklightFingerprint(SECRET, shape, blacklight_params(DetectionSettings(), shape))
+    assert layer.keys(blank) == [[], []]  # every window is flat: nothing to match on
+    one = blank[:1].copy()
+    one[0, 0, 5, :10] = 0.0 if value > 0.25 else 1.0  # a stroke: its windows are the keys
+    assert 0 < len(layer.keys(one)[0]) <= 50
+    assert ExactDigest(SECRET).keys(blank)[0] == ExactDigest(SECRET).keys(blank)[1]

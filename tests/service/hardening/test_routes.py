@@ -29,6 +29,10 @@ ROUTES = {
     ("GET", "/usage/{caller}"),
     ("DELETE", "/usage/{caller}"),
     ("PUT", "/usage/{caller}/budget"),
+    ("GET", "/detections"),
+    ("GET", "/detections/{caller}"),
+    ("POST", "/detections/{caller}/lift"),
+    ("DELETE", "/detections/{caller}"),
     # FastAPI's own documentation routes: static HTML and the schema
     ("GET", "/openapi.json"),
     ("HEAD", "/openapi.json"),
@@ -55,6 +59,10 @@ ADMIN_ROUTES = {
     ("GET", "/usage/{caller}"),
     ("DELETE", "/usage/{caller}"),
     ("PUT", "/usage/{caller}/budget"),
+    ("GET", "/detections"),
+    ("GET", "/detections/{caller}"),
+    ("POST", "/detections/{caller}/lift"),
+    ("DELETE", "/detections/{caller}"),
 }
 
 
