@@ -112,12 +112,16 @@ class QueryDetector:
             return [int(label).to_bytes(2, "little") for label in probs.argmax(1)]
         return [row.astype("<f4").tobytes() for row in probs]
 
-    def decode_answer(self, answer: bytes, classes: int) -> np.ndarray:
-        if self.label_only:
+    def decode_answer(self, answer: bytes, classes: int) -> np.ndarray | None:
+        """A stored answer as a probability row; ``None`` if it has another model's shape
+        (stored before the model's settings changed), which is then answered fresh."""
+        if self.label_only and len(answer) == 2 and int.from_bytes(answer, "little") < classes:
             row = np.zeros(classes, np.float32)
             row[int.from_bytes(answer, "little")] = 1.0
             return row
-        return np.frombuffer(answer, "<f4").copy()
+        if not self.label_only and len(answer) == 4 * classes:
+            return np.frombuffer(answer, "<f4").copy()
+        return None
 
     async def screen(
         self, caller: str, images: np.ndarray, probs: np.ndarray, retry_after_s: int
@@ -153,10 +157,13 @@ class QueryDetector:
             hide = verdict.layer == "near" or (
                 exact_match and self.settings.repeat_policy == "cached"
             )
+            cached = None
             if enforce and hide and verdict.cached is not None:
+                cached = self.decode_answer(verdict.cached, probs.shape[1])
+            if cached is not None:
                 if out is probs:
                     out = probs.copy()
-                out[i] = self.decode_answer(verdict.cached, probs.shape[1])
+                out[i] = cached
         if enforce and flagged and self.settings.visible_rejection:
             raise ApiError(403, "query_flagged", "this request repeats earlier queries too closely")
         return out

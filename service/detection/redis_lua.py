@@ -93,12 +93,13 @@ local out = {'', '0', state}
 local flagged = 0
 local pos = 4
 for _ = 1, n do
+  local has_exact = #ARGV[pos] > 0  -- empty: the exact layer is off
   local exact, near_blob, answer = 'e' .. ARGV[pos], ARGV[pos + 1], ARGV[pos + 2]
   pos = pos + 3
   local seq = redis.call('HINCRBY', stats, 'seq', 1)
   local packed = struct.pack('<I4', seq)
   local layer, matched, copies, current_copies = '', 0, 0, false
-  for b = 1, nb do
+  for b = 1, has_exact and nb or 0 do
     local ids = redis.call('HGET', bucket(b), exact)
     if ids then
       copies = copies + #ids / 4
@@ -113,7 +114,7 @@ for _ = 1, n do
     if best_count > near_threshold then layer, matched = 'near', best end
     append_all(bucket(1), fields, current, packed, cap, false)
   end
-  append_all(bucket(1), {exact}, {current_copies}, packed, cap, true)
+  if has_exact then append_all(bucket(1), {exact}, {current_copies}, packed, cap, true) end
   local cached = ''
   if matched > 0 then
     local field = 'a' .. matched

@@ -233,8 +233,10 @@ class MemoryDetectionStore:
         seq, current = memory.seq, buckets[0]
         layer: Layer | None = None
         matched: int | None = None
-        copies = [memory.index[(model, "exact", b)].get(observation.exact) for b in buckets]
-        found = [ids for ids in copies if ids]
+        found: list[list[int]] = []  # an empty digest: the exact layer is off
+        if observation.exact:
+            copies = [memory.index[(model, "exact", b)].get(observation.exact) for b in buckets]
+            found = [ids for ids in copies if ids]
         if found:
             matched = found[-1][0]  # the oldest bucket's first id: the image's first answer
             if sum(map(len, found)) > policy.repeat_allowance:
@@ -245,13 +247,9 @@ class MemoryDetectionStore:
                 layer, matched = "near", best
             for key in dict.fromkeys(observation.near):
                 _append(memory.index[(model, "near", current)], key, seq, policy.ids_per_key)
-        _append(
-            memory.index[(model, "exact", current)],
-            observation.exact,
-            seq,
-            policy.ids_per_key,
-            True,
-        )
+        if observation.exact:
+            index = memory.index[(model, "exact", current)]
+            _append(index, observation.exact, seq, policy.ids_per_key, True)
         cached = None
         if matched is not None:
             cached = next(

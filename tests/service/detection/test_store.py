@@ -158,3 +158,17 @@ def test_the_cross_caller_index_names_the_other_caller(store: DetectionStore) ->
     assert run(store.status("key:q", policy, 3.0)).flags == {"m": {"cross_caller": 1}}
     assert run(store.observe_shared("key:q", "m2", [NEAR_A], policy, 3.0)) == [None]  # per model
     assert run(store.callers()) == ["key:p", "key:q"]  # the shared index is no caller
+
+
+def test_with_the_exact_layer_off_only_near_duplicates_match(store: DetectionStore) -> None:
+    policy = Policy()
+    out = run(
+        store.observe("key:r", "m", [obs(b"", NEAR_A), obs(b"", []), obs(b"", [])], policy, 1.0)
+    )
+    assert [(v.layer, v.matched) for v in out.verdicts] == [
+        (None, None),
+        (None, None),
+        (None, None),
+    ]
+    again = run(store.observe("key:r", "m", [obs(b"", NEAR_A)], policy, 2.0))
+    assert (again.verdicts[0].layer, again.verdicts[0].matched) == ("near", 1)
