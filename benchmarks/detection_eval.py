@@ -192,7 +192,7 @@ def run_config(
         "success": bool(record["success"][f"{EPSILON:g}"][0]),
         "l2": record["l2"][0],
         "overlap": recorder.overlap.best,
-        **gateway.flags(model),
+        **(gateway.flags(model) if action != "off" else {}),
     }
 
 
@@ -236,6 +236,38 @@ def attacks_part(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+BASELINES = [
+    Config("hsja"),
+    Config("hsja", 5),
+    Config("hsja", 5, SIGMA),
+    Config("hsja", 5, 2 * SIGMA),
+]
+
+
+def baseline_part(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Without detection: what the attacks reach against SND and no defense at the budget."""
+    data = embedded_mnist("test")
+    rows = []
+    with Gateway() as gateway, Progress() as progress:
+        task = progress.add_task("baselines", total=2 * len(BASELINES) * args.images)
+        for defended in (True, False):
+            evaluator = gateway.evaluator(defended)
+            samples = select_images(data, args.images, args.seed, evaluator, 10)
+            for config in BASELINES:
+                for sample in samples:
+                    seed = args.seed + sample.index
+                    off = run_config(
+                        gateway, config, defended, "off", args.budget, sample, evaluator, seed
+                    )
+                    off.pop("overlap")
+                    rows.append(
+                        {"config": config.label, "snd": defended, "image": sample.index, "off": off}
+                    )
+                    progress.advance(task)
+            evaluator.close()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=5)
@@ -243,7 +275,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=10000)
     parser.add_argument("--streams", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--parts", nargs="+", default=["benign", "bytes", "attacks"])
+    parser.add_argument("--parts", nargs="+", default=["benign", "bytes", "attacks", "baseline"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -258,6 +290,9 @@ def main() -> None:
         (OUT / "bytes.json").write_text(
             json.dumps({"command": command, "bytes": redis_bytes_per_query(args)})
         )
+    if "baseline" in args.parts:
+        rows = baseline_part(args)
+        (OUT / "baseline.json").write_text(json.dumps({"command": command, "rows": rows}))
     if "attacks" in args.parts:
         (OUT / "attacks.json").write_text(
             json.dumps({"command": command, "rows": attacks_part(args)})

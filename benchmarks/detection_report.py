@@ -46,8 +46,33 @@ def attack_table(rows: list[dict[str, Any]]) -> list[str]:
         )
         lines[-1] += (
             f"| {pct(flagged_share)} | {sum(e['success'] for e in enforce)}/{len(runs)} "
-            f"| {np.median([e['queries_sent'] for e in enforce]):.0f} | {', '.join(states)} |"
+            f"| {np.median([e['queries_answered'] for e in enforce]):.0f} | {', '.join(states)} |"
         )
+    return lines
+
+
+def dilemma_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Per jitter S of adaptive HSJA (T = 5): detected, or left to SND."""
+    lines = [
+        "| attacker noise S | SND 0.01: runs flagged | first flag (median) | success, enforce "
+        "| no noise: runs flagged | success, enforce |",
+        "|---|---|---|---|---|---|",
+    ]
+    jitters = sorted({r["config"] for r in rows if r["config"].startswith("hsja T=5")})
+    for config in jitters:
+        cells = []
+        for snd in (True, False):
+            runs = [r for r in rows if r["config"] == config and r["snd"] == snd]
+            if not runs:
+                cells += ["–"] * (3 if snd else 2)
+                continue
+            firsts = [r["shadow"]["first_flag"] for r in runs if r["shadow"]["first_flag"]]
+            cells.append(f"{len(firsts)}/{len(runs)}")
+            if snd:
+                cells.append(f"{np.median(firsts):.0f}" if firsts else "–")
+            cells.append(f"{sum(r['enforce']['success'] for r in runs)}/{len(runs)}")
+        jitter = config.split("S=")[1] if "S=" in config else "0"
+        lines.append(f"| {jitter} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -126,6 +151,13 @@ def main() -> None:
         "## Attacks",
         "",
         *attack_table(attacks["rows"]),
+        "",
+        "## The adaptive attacker's dilemma",
+        "",
+        "Adaptive HSJA (T = 5 repeats per logical query) with its own Gaussian noise of std S on "
+        "every query it sends (`--jitter S`), at the enforce budget:",
+        "",
+        *dilemma_table(attacks["rows"]),
         "",
         "## Benign streams",
         "",
