@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from service import __version__
 from service.accounting import MemoryCounter, QueryCounter
 from service.api.deps import Runtime
-from service.api.routes import health, metrics, models, predict, usage
+from service.api.routes import health, metrics, models, predict, usage, v2
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.inference import ModelPool
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = ModelPool.from_settings(settings)
+        await pool.start()
         counter = build_counter(settings)
         if not await counter.ping():
             log.warning(
@@ -66,6 +67,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = None
     install_error_handlers(app)
     install_metrics(app)
-    for router in (predict.router, models.router, usage.router, health.router, metrics.router):
+    routers = (
+        predict.router,
+        v2.router,
+        models.router,
+        usage.router,
+        health.router,
+        metrics.router,
+    )
+    for router in routers:
         app.include_router(router)
     return app
