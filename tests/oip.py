@@ -60,8 +60,8 @@ def outputs_of(response: httpx.Response) -> tuple[dict[str, Any], dict[str, np.n
     arrays, offset = {}, size
     for out in head["outputs"]:
         dtype = DTYPES[out["datatype"]]
-        if "parameters" in out and "binary_data_size" in out["parameters"]:
-            n = out["parameters"]["binary_data_size"]
+        n = (out.get("parameters") or {}).get("binary_data_size")  # kserve sends null
+        if n is not None:
             arrays[out["name"]] = np.frombuffer(body[offset : offset + n], dtype).reshape(
                 out["shape"]
             )
