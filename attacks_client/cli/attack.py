@@ -31,7 +31,7 @@ from attacks_client.evaluation.scoring import (
     select_images,
     summarize,
 )
-from attacks_client.oracles import HttpOracle, Oracle, RepeatOracle
+from attacks_client.oracles import Oracle, RepeatOracle, open_oracle
 
 
 def _checkpoints(text: str) -> list[int]:
@@ -130,12 +130,18 @@ def run_attack_command(name: str, args: argparse.Namespace) -> int:
 def _run(attack: Attack, data: ImageSet, args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     output: Literal["label", "scores"] = "scores" if attack.needs_scores else "label"
-    http = HttpOracle(
-        args.url, args.model, api_key=args.api_key, output=output, timeout=args.timeout
+    http = open_oracle(
+        args.url,
+        args.model,
+        protocol=args.protocol,
+        api_key=args.api_key,
+        output=output,
+        timeout=args.timeout,
     )
-    evaluator = HttpOracle(
+    evaluator = open_oracle(
         args.url,
         http.model,
+        protocol=args.protocol,
         api_key=args.eval_api_key or args.api_key,
         output="label",
         timeout=args.timeout,

@@ -1,9 +1,10 @@
 """Oracles: the only view an attack has of the model (the bottom layer of the client).
 
 :class:`Oracle` is the protocol (labels, scores, a query count), :class:`HttpOracle` a gateway's
-``/predict`` over HTTP, :class:`FunctionOracle` an in-process function; the wrappers repeat each
-query T times (:class:`RepeatOracle`, the adaptive attack) or keep a sample of the queries
-(:class:`RecordingOracle`); :class:`ArtBridge` shows any oracle to ART as a classifier.
+``/predict`` over HTTP, :class:`OipOracle` any Open Inference Protocol (v2) server
+(:func:`open_oracle` picks one for a URL), :class:`FunctionOracle` an in-process function;
+the wrappers repeat each query T times (:class:`RepeatOracle`, the adaptive attack) or keep a
+sample of the queries (:class:`RecordingOracle`); :class:`ArtBridge` shows any oracle to ART.
 """
 
 from attacks_client.oracles.art import ArtBridge, art_classifier
@@ -15,7 +16,9 @@ from attacks_client.oracles.base import (
     OracleWrapper,
     ScoresUnavailable,
 )
+from attacks_client.oracles.factory import open_oracle
 from attacks_client.oracles.http import HttpOracle
+from attacks_client.oracles.oip import OipOracle
 from attacks_client.oracles.recording import RecordingOracle
 from attacks_client.oracles.repeat import RepeatOracle
 
@@ -26,9 +29,11 @@ __all__ = [
     "HttpOracle",
     "Oracle",
     "OracleError",
+    "OipOracle",
     "OracleWrapper",
     "RecordingOracle",
     "RepeatOracle",
     "ScoresUnavailable",
     "art_classifier",
+    "open_oracle",
 ]

@@ -33,16 +33,12 @@ def sha(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def upstreams() -> Iterator[dict[str, UpstreamProcess]]:
-    procs = {
-        "main": UpstreamProcess(),
-        "slow": UpstreamProcess(delay_s=1.5),
-        "mortal": UpstreamProcess(),
-    }
-    with ThreadPoolExecutor(3) as pool:
-        list(pool.map(lambda p: p.start(), procs.values()))
-    yield procs
-    for proc in procs.values():
+def upstreams(kserve_upstream: UpstreamProcess) -> Iterator[dict[str, UpstreamProcess]]:
+    own = {"slow": UpstreamProcess(delay_s=1.5), "mortal": UpstreamProcess()}
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda p: p.start(), own.values()))
+    yield {"main": kserve_upstream, **own}
+    for proc in own.values():
         proc.stop()
 
 
