@@ -31,6 +31,7 @@ from service.oip import BINARY_EXTENSION, DATATYPES, HEADER_LENGTH
 
 log = logging.getLogger(__name__)
 RETRY_S = 2.0
+OFF_LOOP_ELEMENTS = 1 << 18  # a batch this large is noised and encoded on a worker thread
 
 
 @dataclass(frozen=True)
@@ -216,11 +217,16 @@ class ProxyHost:
         except httpx.HTTPError:
             return False
 
+    def _request(self, model: UpstreamModel, images: np.ndarray) -> tuple[bytes, dict[str, str]]:
+        return encode_request(model, self.defense(torch.from_numpy(images)).numpy())
+
     async def forward(self, images: np.ndarray) -> np.ndarray:
         """Defended probabilities: noise here, the network upstream; 502/504 on failure."""
         model = self.known
-        noisy = self.defense(torch.from_numpy(images)).numpy()
-        body, headers = encode_request(model, noisy)
+        if images.size < OFF_LOOP_ELEMENTS:
+            body, headers = self._request(model, images)
+        else:  # large batches: noise and encoding off the event loop
+            body, headers = await asyncio.to_thread(self._request, model, images)
         try:
             response = await self.client.post(
                 self.model_path + "/infer", content=body, headers=headers
