@@ -62,7 +62,7 @@ def parse_metadata(
     c, h, w = (int(d) for d in inputs[0]["shape"][1:])
     if min(c, h, w) < 1:
         raise ValueError(f"the upstream input's image shape must be fixed, is {inputs[0]}")
-    listed = BINARY_EXTENSION in (server.get("extensions") or [])
+    listed = isinstance(server, dict) and BINARY_EXTENSION in (server.get("extensions") or [])
     return UpstreamModel(
         inputs[0]["name"],
         (c, h, w),
@@ -182,7 +182,10 @@ class ProxyHost:
         return ("label",) if self.settings.label_only else ("scores", "label")
 
     async def _learn(self) -> None:
-        server = (await self.client.get("/v2")).json()
+        try:  # server metadata only tells the extensions: without it, no binary under "auto"
+            server = (await self.client.get("/v2")).json()
+        except ValueError:
+            server = {}
         response = await self.client.get(self.model_path)
         response.raise_for_status()
         self.model = parse_metadata(self.upstream, server, response.json())
@@ -191,7 +194,7 @@ class ProxyHost:
         """Learn the upstream model's metadata; on failure keep retrying in the background."""
         try:
             await self._learn()
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("upstream of %s not usable yet (%s); retrying", self.name, exc)
             if self._retry is None or self._retry.done():
                 self._retry = asyncio.create_task(self._keep_trying(), name=f"meta-{self.name}")
