@@ -4,6 +4,7 @@ the service's codec: JSON and binary infer requests, response parsing, the error
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
@@ -79,3 +80,18 @@ def assert_oip_error(response: httpx.Response, status: int) -> str:
     body = response.json()
     assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"], body
     return str(body["error"])
+
+
+def predict_scores(url: str, x: np.ndarray, **params: str) -> np.ndarray:
+    """The scores ``/predict`` answers for ``x`` (npy body): what /v2 must agree with."""
+    buf = io.BytesIO()
+    np.save(buf, x)
+    r = httpx.post(
+        url + "/predict",
+        content=buf.getvalue(),
+        params={"output": "scores", **params},
+        headers={"Content-Type": "application/x-npy"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return np.asarray(r.json()["scores"], np.float32)

@@ -42,33 +42,11 @@ class OipOracle(HttpOracle):
     """The model ``model`` of the OIP v2 server at ``url`` (``binary``: None = as listed)."""
 
     def __init__(
-        self,
-        url: str,
-        model: str | None = None,
-        *,
-        api_key: str | None = None,
-        output: OutputMode = "label",
-        budget: int | None = None,
-        max_batch: int | None = None,
-        timeout: float = 60.0,
-        retries: int = 5,
-        verify: bool = True,
-        transport: httpx.BaseTransport | None = None,
-        binary: bool | None = None,
+        self, url: str, model: str | None = None, *, binary: bool | None = None, **options: Any
     ) -> None:
+        """``options`` as :class:`HttpOracle` takes them (api_key, output, budget, ...)."""
         self._binary_choice = binary
-        super().__init__(
-            url.removeprefix("v2+"),
-            model,
-            api_key=api_key,
-            output=output,
-            budget=budget,
-            max_batch=max_batch,
-            timeout=timeout,
-            retries=retries,
-            verify=verify,
-            transport=transport,
-        )
+        super().__init__(url.removeprefix("v2+"), model, **options)
 
     def _model_info(self, model: str | None) -> dict[str, Any]:
         if not model:

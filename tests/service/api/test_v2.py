@@ -3,14 +3,12 @@ infer through the same pipeline as /predict, label-only, the protocol's error sh
 
 from __future__ import annotations
 
-import io
-
 import httpx
 import numpy as np
 import pytest
 
 from service.datasets import mnist_subset
-from tests.oip import assert_oip_error, infer, outputs_of
+from tests.oip import assert_oip_error, infer, outputs_of, predict_scores
 from tests.servers import ServiceProcess
 
 MODEL = "resnet20-mnist"
@@ -20,20 +18,6 @@ MODEL = "resnet20-mnist"
 def digits() -> tuple[np.ndarray, np.ndarray]:
     test = mnist_subset("test")
     return test.images[:8], test.labels[:8]
-
-
-def predict_scores(url: str, x: np.ndarray) -> np.ndarray:
-    buf = io.BytesIO()
-    np.save(buf, x)
-    r = httpx.post(
-        url + "/predict",
-        content=buf.getvalue(),
-        params={"output": "scores"},
-        headers={"Content-Type": "application/x-npy"},
-        timeout=30,
-    )
-    assert r.status_code == 200, r.text
-    return np.asarray(r.json()["scores"], np.float32)
 
 
 def test_server_metadata_and_health(snd_server: ServiceProcess) -> None:

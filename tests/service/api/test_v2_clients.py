@@ -5,13 +5,13 @@ Triton's ``tritonclient[http]`` (binary tensors by default) and kserve's
 from __future__ import annotations
 
 import asyncio
-import io
 
 import httpx
 import numpy as np
 import pytest
 
 from service.datasets import mnist_subset
+from tests.oip import predict_scores
 from tests.servers import ServiceProcess
 
 triton = pytest.importorskip("tritonclient.http")
@@ -24,19 +24,6 @@ MODEL = "resnet20-mnist"
 @pytest.fixture(scope="module")
 def digits() -> np.ndarray:
     return mnist_subset("test").images[:6]
-
-
-def predict_scores(url: str, x: np.ndarray) -> np.ndarray:
-    buf = io.BytesIO()
-    np.save(buf, x)
-    r = httpx.post(
-        url + "/predict",
-        content=buf.getvalue(),
-        params={"output": "scores"},
-        headers={"Content-Type": "application/x-npy"},
-        timeout=30,
-    )
-    return np.asarray(r.json()["scores"], np.float32)
 
 
 def triton_infer(url: str, x: np.ndarray, binary: bool, outputs: list[str]) -> object:
