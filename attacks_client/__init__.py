@@ -16,7 +16,7 @@ as a black box: HTTP, wrappers, the ART adapter); :mod:`~attacks_client.data` lo
 
 from attacks_client.attacks import ATTACKS, Attack, AttackResult, get_attack
 from attacks_client.evaluation import Experiment, evaluate
-from attacks_client.oracles import HttpOracle
+from attacks_client.oracles import HttpOracle, OipOracle, open_oracle
 
 __version__ = "0.1.0"
 
@@ -26,6 +26,8 @@ __all__ = [
     "AttackResult",
     "Experiment",
     "HttpOracle",
+    "OipOracle",
     "evaluate",
     "get_attack",
+    "open_oracle",
 ]

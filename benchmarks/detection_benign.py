@@ -44,7 +44,7 @@ class Overlap:
 
 def make_detector(action: str, settings: Settings) -> QueryDetector:
     model = ModelSettings(detection=DetectionSettings(action=action))  # type: ignore[arg-type]
-    return QueryDetector.build(model, (1, 28, 28), settings, SECRET, MemoryDetectionStore())
+    return QueryDetector.build(model, settings, SECRET, MemoryDetectionStore())
 
 
 def augment(images: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:

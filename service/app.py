@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from service import __version__
 from service.accounting import MemoryCounter, QueryCounter
 from service.api.deps import Runtime
-from service.api.routes import detections, health, metrics, models, predict, usage
+from service.api.routes import detections, health, metrics, models, predict, usage, v2
 from service.config import Settings
 from service.detection.detector import build_detectors
 from service.errors import install_error_handlers
@@ -44,14 +44,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = ModelPool.from_settings(settings)
+        await pool.start()
         counter = build_counter(settings)
         if not await counter.ping():
             log.warning(
                 "query counter unreachable at start-up: %s until it is",
                 "answering uncounted" if settings.fail_open else "refusing with 503",
             )
-        shapes = {name: host.spec.input_shape for name, host in pool.hosts.items()}
-        store, detectors = build_detectors(settings, shapes, counter)
+        store, detectors = build_detectors(settings, counter)
         app.state.runtime = Runtime(settings, pool, counter, store, detectors)
         try:
             yield
@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = None
     install_error_handlers(app)
     install_metrics(app)
-    routers = (predict, models, usage, detections, health, metrics)
+    routers = (predict, v2, models, usage, detections, health, metrics)
     for module in routers:
         app.include_router(module.router)
     return app

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -36,19 +37,25 @@ class _Pending:
 
 
 class DynamicBatcher:
-    """Merges concurrent ``submit`` calls into forward passes of at most ``max_images``."""
+    """Merges concurrent ``submit`` calls into forward passes of at most ``max_images``.
+
+    ``forward`` runs on ``executor``; a coroutine function (a proxied model's upstream call)
+    is awaited on the loop instead, with up to ``max_inflight`` passes at once."""
 
     def __init__(
         self,
-        forward: Callable[[np.ndarray], np.ndarray],
+        forward: Callable[[np.ndarray], np.ndarray] | Callable[[np.ndarray], Awaitable[np.ndarray]],
         executor: Executor,
         *,
         max_images: int = 256,
         max_wait_s: float = 0.0,
         max_queue: int = 4096,
+        max_inflight: int = 1,
         on_batch: Callable[[int], object] | None = None,
     ) -> None:
         self._forward = forward
+        self._slots = asyncio.Semaphore(max_inflight) if max_inflight > 1 else None
+        self._inflight: set[asyncio.Task[None]] = set()
         self._on_batch = on_batch
         self._executor = executor
         self.max_images = max_images
@@ -92,13 +99,29 @@ class DynamicBatcher:
                     except TimeoutError:
                         break
                 if size + len(item.images) > self.max_images:
-                    await self._run(batch)  # keep requests whole: this one starts the next pass
+                    await self._dispatch(batch)  # keep requests whole: this one starts the next
                     batch, size = [item], len(item.images)
                     deadline = loop.time() + self.max_wait_s
                     continue
                 batch.append(item)
                 size += len(item.images)
+            await self._dispatch(batch)
+
+    async def _dispatch(self, batch: list[_Pending]) -> None:
+        """Run the pass now, or (several in flight) as a task once a slot is free."""
+        if self._slots is None:
             await self._run(batch)
+            return
+        await self._slots.acquire()
+        task = asyncio.create_task(self._run_released(batch, self._slots))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _run_released(self, batch: list[_Pending], slots: asyncio.Semaphore) -> None:
+        try:
+            await self._run(batch)
+        finally:
+            slots.release()
 
     async def _run(self, batch: list[_Pending]) -> None:
         live = [p for p in batch if not p.future.cancelled()]
@@ -108,7 +131,10 @@ class DynamicBatcher:
         merged = live[0].images if len(live) == 1 else np.concatenate([p.images for p in live])
         loop = asyncio.get_running_loop()
         try:
-            probs = await loop.run_in_executor(self._executor, self._forward, merged)
+            if inspect.iscoroutinefunction(self._forward):
+                probs = await self._forward(merged)
+            else:
+                probs = await loop.run_in_executor(self._executor, self._forward, merged)
         except Exception as exc:
             for p in live:
                 if not p.future.done():
@@ -125,6 +151,8 @@ class DynamicBatcher:
             start = end
 
     async def close(self) -> None:
+        for task in list(self._inflight):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -48,6 +48,34 @@ class DefenseSettings(BaseModel):
         return self
 
 
+class UpstreamSettings(BaseModel):
+    """An existing Open Inference Protocol (KServe v2) server that answers for a model: the
+    gateway validates, charges, adds the noise, forwards and answers (proxy mode)."""
+
+    url: str = Field(description="the upstream's base URL, http://host:port[/prefix]")
+    model: str = Field(min_length=1, description="the model's name on the upstream")
+    version: str | None = Field(None, description="the upstream model version; none: default")
+    binary: Literal["auto"] | bool = Field(
+        "auto", description="binary tensor extension: auto = when the upstream lists it"
+    )
+    timeout_s: float = Field(10.0, gt=0.0, description="one upstream call; past it 504, refunded")
+    outputs_are: Literal["logits", "probabilities"] = Field(
+        "logits", description="what the upstream's output holds (logits get a softmax)"
+    )
+    output: str | None = Field(None, description="the upstream output to read; none: the first")
+    max_batch: int = Field(
+        64, ge=1, description="most images in one upstream call (1: never merge requests)"
+    )
+    concurrency: int = Field(4, ge=1, description="upstream calls in flight for this model")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or len(value) < len("http://x"):
+            raise ValueError("upstream url must be http://host:port or https://host:port")
+        return value.rstrip("/")
+
+
 LAYERS: tuple[Literal["exact", "near"], ...] = ("exact", "near")
 
 
@@ -77,15 +105,27 @@ class DetectionSettings(BaseModel):
 
 
 class ModelSettings(BaseModel):
-    """One served model: a zoo entry, its weights, its defense and its output policy."""
+    """One served model: a zoo entry (or an upstream server), its defense and output policy."""
 
     name: str = "resnet20-mnist"
     zoo: str | None = Field(None, description="zoo entry to serve under `name` (default: name)")
     weights: Path | None = Field(None, description="local weights file (default: packaged)")
+    upstream: UpstreamSettings | None = Field(
+        None, description="proxy mode: an OIP v2 server answers instead of a zoo network"
+    )
     defense: DefenseSettings = Field(default_factory=DefenseSettings)
     label_only: bool = Field(False, description="never return scores (decision-based threat)")
     hide_defense_params: bool = Field(False, description="GET /models shows the kind only")
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
+
+    @model_validator(mode="after")
+    def _zoo_or_upstream(self) -> ModelSettings:
+        if self.upstream is not None:
+            if self.zoo is not None or self.weights is not None:
+                raise ValueError("a model has either a zoo network (zoo, weights) or an upstream")
+            if self.defense.kind == "rp":
+                raise ValueError("rp changes the image size, which an upstream model refuses")
+        return self
 
     @property
     def zoo_name(self) -> str:

@@ -1,4 +1,5 @@
-"""One JSON error shape for every failure: ``{"error": {"code": ..., "message": ...}}``."""
+"""One JSON error shape for every failure: ``{"error": {"code": ..., "message": ...}}``; on the
+Open Inference Protocol's ``/v2`` paths the protocol's own ``{"error": "<message>"}``."""
 
 from __future__ import annotations
 
@@ -61,6 +62,25 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
     }
 
 
+def is_oip(request: Request) -> bool:
+    """A request to the Open Inference Protocol routes (``/v2``, ``/v2/...``)."""
+    path = request.url.path
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def render(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """The error in the shape of the path's protocol."""
+    if is_oip(request):
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return error_response(status, code, message, headers)
+
+
 HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
@@ -79,14 +99,14 @@ def allowed_methods(request: Request) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return render(request, exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return error_response(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
+        return render(request, 422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -96,9 +116,9 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = allowed_methods(request)
-        return error_response(exc.status_code, code, str(exc.detail), headers)
+        return render(request, exc.status_code, code, str(exc.detail), headers)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
-        return error_response(500, "internal_error", "internal server error")
+        return render(request, 500, "internal_error", "internal server error")

@@ -32,6 +32,8 @@ from service.defenses import Defense, build_defense
 from service.metrics import FORWARD_BATCH
 from service.models import ModelSpec, get_spec
 from service.models.noise import noise_sources
+from service.oip import INPUT_NAME
+from service.proxy import ProxyHost
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,11 @@ class ModelHost:
     def output_modes(self) -> tuple[str, ...]:
         return ("label",) if self.settings.label_only else ("scores", "label")
 
+    @property
+    def input_name(self) -> str:
+        """The input's name in the Open Inference Protocol metadata."""
+        return INPUT_NAME
+
     def forward(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities ``(N, classes)`` of the defended model for [0, 1] images.
 
@@ -144,11 +151,15 @@ def trace_network(
     return graph
 
 
+Host = ModelHost | ProxyHost
+"""A served model: a zoo network here, or an upstream OIP v2 server (:mod:`service.proxy`)."""
+
+
 @dataclass
 class ModelPool:
-    """All hosts of one server, and the single inference thread they share."""
+    """All hosts of one server, and the single inference thread the zoo hosts share."""
 
-    hosts: dict[str, ModelHost]
+    hosts: dict[str, Host]
     default: str
     batching: bool = True
     batch_max_images: int = 256
@@ -164,8 +175,10 @@ class ModelPool:
         threads = settings.torch_threads or os.cpu_count() or 1
         torch.set_num_threads(threads)
         device = select_device(settings.device)
-        hosts = {
-            m.name: ModelHost.load(
+        hosts: dict[str, Host] = {
+            m.name: ProxyHost.create(m)
+            if m.upstream is not None
+            else ModelHost.load(
                 m,
                 device,
                 settings.allow_download,
@@ -184,13 +197,15 @@ class ModelPool:
             queue_max_images=settings.queue_max_images,
         )
 
-    def batcher(self, host: ModelHost) -> DynamicBatcher:
+    def batcher(self, host: Host) -> DynamicBatcher:
         batcher = self.batchers.get(host.name)
         if batcher is None:
+            upstream = host.upstream if isinstance(host, ProxyHost) else None
             batcher = DynamicBatcher(
                 host.forward,
                 self.executor,
-                max_images=self.batch_max_images,
+                max_images=upstream.max_batch if upstream else self.batch_max_images,
+                max_inflight=upstream.concurrency if upstream else 1,
                 max_wait_s=self.batch_wait_s,
                 max_queue=self.queue_max_images,
                 on_batch=FORWARD_BATCH.labels(host.name).observe,
@@ -198,16 +213,29 @@ class ModelPool:
             self.batchers[host.name] = batcher
         return batcher
 
-    async def predict(self, host: ModelHost, images: np.ndarray) -> np.ndarray:
+    async def predict(self, host: Host, images: np.ndarray) -> np.ndarray:
         """Defended probabilities, from a shared forward pass when batching is on."""
         if self.batching:
             return await self.batcher(host).submit(images)
+        if isinstance(host, ProxyHost):
+            return await host.forward(images)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, host.forward, images)
+
+    async def start(self) -> None:
+        """Learn the proxied models' upstream metadata (retried in the background if down)."""
+        proxies = [h for h in self.hosts.values() if isinstance(h, ProxyHost)]
+        await asyncio.gather(*(h.connect() for h in proxies))
+
+    async def ready(self, host: Host) -> bool:
+        return await host.ready() if isinstance(host, ProxyHost) else True
 
     async def aclose(self) -> None:
         for batcher in self.batchers.values():
             await batcher.close()
+        for host in self.hosts.values():
+            if isinstance(host, ProxyHost):
+                await host.aclose()
         self.close()
 
     def close(self) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import RedisProcess, ServiceProcess
+from tests.servers import RedisProcess, ServiceProcess, UpstreamProcess
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +20,11 @@ def snd_server() -> Iterator[ServiceProcess]:
 def redis_server() -> Iterator[RedisProcess]:
     with RedisProcess() as redis:
         yield redis
+
+
+@pytest.fixture(scope="session")
+def kserve_upstream() -> Iterator[UpstreamProcess]:
+    """kserve's ModelServer serving the embedded ResNet-20 (logits, input ``images``)."""
+    pytest.importorskip("kserve")
+    with UpstreamProcess() as upstream:
+        yield upstream

@@ -167,3 +167,62 @@ class RedisProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@dataclass
+class UpstreamProcess:
+    """A real KServe ``ModelServer`` (``deploy/upstream/kserve_resnet20.py``) serving the
+    embedded ResNet-20 over the Open Inference Protocol: the upstream of proxy mode."""
+
+    model: str = "resnet20"
+    delay_s: float = 0.0
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120.0) -> UpstreamProcess:
+        fd, log = tempfile.mkstemp(prefix="kserve-upstream-", suffix=".log")
+        self.log_path = Path(log)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        command = [sys.executable, str(ROOT / "deploy" / "upstream" / "kserve_resnet20.py")]
+        command += ["--http_port", str(self.port), "--model_name", self.model]
+        command += ["--delay_s", str(self.delay_s), "--enable_latency_logging", "False"]
+        self.proc = subprocess.Popen(
+            command, env=env, cwd=ROOT, stdout=fd, stderr=subprocess.STDOUT
+        )
+        os.close(fd)
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"kserve upstream exited early:\n{self.log()[-4000:]}")
+            url = f"{self.url}/v2/models/{self.model}/ready"
+            return httpx.get(url, timeout=1).status_code == 200
+
+        try:
+            wait_for(ready, timeout, "kserve upstream")
+        except TimeoutError as exc:
+            self.stop()
+            raise TimeoutError(f"{exc}\n{self.log()[-4000:]}") from None
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> UpstreamProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

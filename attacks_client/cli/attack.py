@@ -31,7 +31,7 @@ from attacks_client.evaluation.scoring import (
     select_images,
     summarize,
 )
-from attacks_client.oracles import HttpOracle, JitterOracle, Oracle, RepeatOracle
+from attacks_client.oracles import JitterOracle, Oracle, RepeatOracle, open_oracle
 
 
 def _checkpoints(text: str) -> list[int]:
@@ -131,6 +131,8 @@ def run_attack_command(name: str, args: argparse.Namespace) -> int:
         raise CliError(
             "--budget, --images, --eval-draws, --repeat and --trajectory-stride must be positive"
         )
+    if args.jitter < 0:
+        raise CliError("--jitter must be >= 0")
     data = load_images(args.data)
     return _run(attack, data, args)
 
@@ -138,18 +140,22 @@ def run_attack_command(name: str, args: argparse.Namespace) -> int:
 def _run(attack: Attack, data: ImageSet, args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     output: Literal["label", "scores"] = "scores" if attack.needs_scores else "label"
-    http = HttpOracle(
-        args.url, args.model, api_key=args.api_key, output=output, timeout=args.timeout
+    http = open_oracle(
+        args.url,
+        args.model,
+        protocol=args.protocol,
+        api_key=args.api_key,
+        output=output,
+        timeout=args.timeout,
     )
-    evaluator = HttpOracle(
+    evaluator = open_oracle(
         args.url,
         http.model,
+        protocol=args.protocol,
         api_key=args.eval_api_key or args.api_key,
         output="label",
         timeout=args.timeout,
     )
-    if args.jitter < 0:
-        raise CliError("--jitter must be >= 0")
     sent: Oracle = JitterOracle(http, args.jitter, seed=args.seed) if args.jitter > 0 else http
     oracle: Oracle = RepeatOracle(sent, args.repeat) if args.repeat > 1 else sent
     if tuple(data.images.shape[1:]) != http.input_shape:

@@ -37,7 +37,18 @@ class CliError(Exception):
 def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
     """``--url``, ``--model``, ``--api-key``, ``--eval-api-key`` (shared with other commands)."""
     group = parser.add_argument_group("endpoint")
-    group.add_argument("--url", default="http://127.0.0.1:8000", help="service base URL")
+    group.add_argument(
+        "--url",
+        default="http://127.0.0.1:8000",
+        help="service base URL (v2+http://host:port: the Open Inference Protocol)",
+    )
+    group.add_argument(
+        "--protocol",
+        choices=("predict", "v2"),
+        default=None,
+        help="the gateway's /predict, or OIP v2 (Triton, KServe, MLServer, the gateway's /v2); "
+        "default: v2 for a v2+http:// URL, else predict",
+    )
     group.add_argument("--model", default=None, help="model name (default: the server's)")
     group.add_argument("--api-key", default=None, help="attacker's X-API-Key")
     group.add_argument(

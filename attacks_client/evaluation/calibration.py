@@ -27,7 +27,7 @@ from attacks_client.evaluation.measures import success_counts
 from attacks_client.evaluation.plots import plot_calibration
 from attacks_client.evaluation.runs import Run
 from attacks_client.evaluation.tables import markdown_table
-from attacks_client.oracles import HttpOracle
+from attacks_client.oracles import open_oracle
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +323,8 @@ def calibrate(
     calibration page, CSV and plot. A gateway's models are checked first: each must show its σ."""
     if plan.url is not None:
         for model in plan.models:
-            with HttpOracle(plan.url, model, api_key=plan.eval_api_key or plan.api_key) as oracle:
+            key = plan.eval_api_key or plan.api_key
+            with open_oracle(plan.url, model, api_key=key) as oracle:
                 try:
                     sigma_of(oracle.defense)
                 except ValueError as exc:

@@ -41,7 +41,7 @@ from attacks_client.evaluation.resume import (
     describe,
     run_lock,
 )
-from attacks_client.oracles import HttpOracle, Oracle, RecordingOracle, RepeatOracle
+from attacks_client.oracles import HttpOracle, Oracle, RecordingOracle, RepeatOracle, open_oracle
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Evaluation:
         scores: bool = False,
     ) -> HttpOracle:
         key = (endpoint.eval_api_key or endpoint.api_key) if evaluator else endpoint.api_key
-        return HttpOracle(
+        return open_oracle(  # /predict, or OIP v2 for a v2+http:// URL
             self.urls[endpoint.name],
             endpoint.model,
             api_key=key,

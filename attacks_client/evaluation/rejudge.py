@@ -26,6 +26,7 @@ from attacks_client.evaluation.experiment import Experiment
 from attacks_client.evaluation.grid import serve_endpoints
 from attacks_client.evaluation.records import RECORDS, decode_array
 from attacks_client.evaluation.resume import run_lock
+from attacks_client.oracles.factory import open_oracle
 from attacks_client.oracles.http import HttpOracle
 
 REFERENCE_JUDGEMENT = "reference_judgement.jsonl"
@@ -92,7 +93,7 @@ def rejudge(experiment: Experiment, out_dir: Path, *, progress: bool = True) -> 
         for name, group in by_reference.items():
             reference = endpoints[name]
             oracle = stack.enter_context(
-                HttpOracle(
+                open_oracle(
                     urls[name],
                     reference.model,
                     api_key=reference.eval_api_key or reference.api_key,

@@ -22,7 +22,7 @@ import logging
 import re
 import time
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import httpx
 import numpy as np
@@ -36,9 +36,12 @@ DEFAULT_MAX_BATCH = 256
 
 
 def _error_message(response: httpx.Response) -> tuple[str, str]:
-    """``(code, message)`` of the service's JSON error body (or the raw text)."""
+    """``(code, message)`` of the service's JSON error body, ``("", message)`` for the Open
+    Inference Protocol's ``{"error": "<message>"}`` (or the raw text)."""
     try:
         error = response.json()["error"]
+        if isinstance(error, str):
+            return "", error
         return str(error.get("code", "")), str(error.get("message", ""))
     except Exception:
         return "", response.text.strip()[:200]
@@ -93,7 +96,7 @@ class HttpOracle:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> HttpOracle:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -229,9 +232,12 @@ class HttpOracle:
             self._raise_for(response)
         raise AssertionError("unreachable")
 
+    def _error_of(self, response: httpx.Response) -> tuple[str, str]:
+        return _error_message(response)
+
     def _raise_for(self, response: httpx.Response) -> None:
         status = response.status_code
-        code, message = _error_message(response)
+        code, message = self._error_of(response)
         if status == 413 and code == "batch_too_large":
             found = re.search(r"limit (\d+)", message)
             raise _BatchTooLarge(int(found.group(1)) if found else 0)

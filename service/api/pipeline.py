@@ -19,7 +19,7 @@ from service.batching import Overloaded
 from service.codec import OutputMode, validate_images
 from service.detection.detector import QueryDetector
 from service.errors import ApiError
-from service.inference import ModelHost
+from service.inference import Host
 from service.metrics import QUERIES_ANSWERED, QUERIES_UNCOUNTED
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class Answer:
     """What the pipeline answered: the host, the defended probabilities, the output mode the
     caller may see, and the charge (``None`` when answered uncounted under ``fail_open``)."""
 
-    host: ModelHost
+    host: Host
     probs: np.ndarray
     mode: OutputMode
     charge: Charge | None
@@ -48,7 +48,7 @@ class Answer:
         return headers
 
 
-def resolve_host(runtime: Runtime, name: str | None) -> ModelHost:
+def resolve_host(runtime: Runtime, name: str | None) -> Host:
     name = name or runtime.pool.default
     host = runtime.pool.hosts.get(name)
     if host is None:
@@ -58,7 +58,7 @@ def resolve_host(runtime: Runtime, name: str | None) -> ModelHost:
     return host
 
 
-def output_mode(host: ModelHost, requested: OutputMode | None) -> OutputMode:
+def output_mode(host: Host, requested: OutputMode | None) -> OutputMode:
     """The requested mode, or the model's default; scores from a label-only model are a 403."""
     mode: OutputMode = requested or ("label" if host.settings.label_only else "scores")
     if mode == "scores" and "scores" not in host.output_modes:
@@ -77,7 +77,7 @@ async def refund(runtime: Runtime, caller: str, model: str, n: int) -> None:
         log.warning("could not refund %d queries of %s: counter unavailable", n, caller)
 
 
-async def charge(runtime: Runtime, caller: str, host: ModelHost, n: int) -> Charge | None:
+async def charge(runtime: Runtime, caller: str, host: Host, n: int) -> Charge | None:
     """Charge ``n`` images, or refuse: 429 over budget, 503 when the counter is down (unless
     ``fail_open``, which answers uncounted and returns ``None``)."""
     settings = runtime.settings
@@ -107,7 +107,7 @@ async def charge(runtime: Runtime, caller: str, host: ModelHost, n: int) -> Char
     return result
 
 
-async def forward(runtime: Runtime, host: ModelHost, images: np.ndarray) -> np.ndarray:
+async def forward(runtime: Runtime, host: Host, images: np.ndarray) -> np.ndarray:
     """The defended probabilities within the request timeout: 503 overloaded, 504 timeout."""
     settings = runtime.settings
     retry = {"Retry-After": str(settings.retry_after_s)}

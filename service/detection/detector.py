@@ -55,6 +55,29 @@ def blacklight_params(
     )
 
 
+class NearDuplicates:
+    """Blacklight's layer at the shape of the images it is given: one fingerprint (salt) per
+    input shape, made on first use (a proxied model learns its shape after start-up)."""
+
+    layer = "near"
+
+    def __init__(self, secret: bytes, settings: DetectionSettings) -> None:
+        self.threshold = settings.threshold
+        self._secret, self._settings = secret, settings
+        self._by_shape: dict[tuple[int, int, int], BlacklightFingerprint] = {}
+
+    def fingerprint(self, shape: tuple[int, int, int]) -> BlacklightFingerprint:
+        layer = self._by_shape.get(shape)
+        if layer is None:
+            params = blacklight_params(self._settings, shape)
+            layer = self._by_shape[shape] = BlacklightFingerprint(self._secret, shape, params)
+        return layer
+
+    def keys(self, images: np.ndarray) -> list[list[bytes]]:
+        shape = (int(images.shape[1]), int(images.shape[2]), int(images.shape[3]))
+        return self.fingerprint(shape).keys(images)
+
+
 @dataclass
 class QueryDetector:
     """The layers, store and policy of one served model."""
@@ -71,7 +94,6 @@ class QueryDetector:
     def build(
         cls,
         model: ModelSettings,
-        input_shape: tuple[int, int, int],
         settings: Settings,
         secret: bytes,
         store: DetectionStore,
@@ -81,9 +103,7 @@ class QueryDetector:
         if "exact" in det.layers:
             layers.append(ExactDigest(secret))
         if "near" in det.layers:
-            layers.append(
-                BlacklightFingerprint(secret, input_shape, blacklight_params(det, input_shape))
-            )
+            layers.append(NearDuplicates(secret, det))
         enforce = det.action == "enforce"
         policy = Policy(
             near_threshold=det.threshold,
@@ -197,7 +217,7 @@ def detection_secret(settings: Settings) -> bytes:
 
 
 def build_detectors(
-    settings: Settings, input_shapes: dict[str, tuple[int, int, int]], counter: QueryCounter
+    settings: Settings, counter: QueryCounter
 ) -> tuple[DetectionStore | None, dict[str, QueryDetector]]:
     """The shared store (in the counter's Redis, or in memory) and each detecting model's
     detector; ``(None, {})`` when no model detects."""
@@ -214,8 +234,5 @@ def build_detectors(
     else:
         store = MemoryDetectionStore()
     secret = detection_secret(settings)
-    detectors = {
-        m.name: QueryDetector.build(m, input_shapes[m.name], settings, secret, store)
-        for m in active
-    }
+    detectors = {m.name: QueryDetector.build(m, settings, secret, store) for m in active}
     return store, detectors

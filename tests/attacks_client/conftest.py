@@ -24,8 +24,9 @@ KEYS = {
     "cli-key": "cli",
     "attack-key": "attacker",
     "eval-key": "evaluator",
+    "v2-budget-key": "v2budgeted",
 }
-BUDGETS = {"budgeted": 50}
+BUDGETS = {"budgeted": 50, "v2budgeted": 30}
 LABEL_ONLY_MODEL = "mnist-labels"
 
 

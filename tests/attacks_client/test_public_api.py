@@ -9,7 +9,17 @@ import re
 import attacks_client
 from tests.servers import ROOT, ServiceProcess
 
-PUBLIC = {"ATTACKS", "Attack", "AttackResult", "Experiment", "HttpOracle", "evaluate", "get_attack"}
+PUBLIC = {
+    "ATTACKS",
+    "Attack",
+    "AttackResult",
+    "Experiment",
+    "HttpOracle",
+    "OipOracle",
+    "evaluate",
+    "get_attack",
+    "open_oracle",
+}
 
 
 def example(text: str, marker: str) -> str:

@@ -82,3 +82,21 @@ def test_help_lists_every_setting() -> None:
     ).stdout
     for flag in ("--sigma", "--defense", "--label-only", "--redis-url", "--workers"):
         assert flag in out
+
+
+def test_a_model_has_a_zoo_network_or_an_upstream() -> None:
+    upstream = {"url": "http://127.0.0.1:8080/", "model": "resnet50"}
+    (model,) = Settings(models=[{"name": "m", "upstream": upstream}]).models
+    assert model.upstream is not None and model.upstream.url == "http://127.0.0.1:8080"
+    assert model.upstream.binary == "auto" and model.upstream.outputs_are == "logits"
+    for wrong in (
+        {"name": "m", "zoo": "resnet20-mnist", "upstream": upstream},
+        {"name": "m", "weights": "w.pt", "upstream": upstream},
+        {"name": "m", "upstream": upstream, "defense": {"kind": "rp"}},
+        {"name": "m", "upstream": {**upstream, "url": "ftp://x"}},
+        {"name": "m", "upstream": {**upstream, "timeout_s": 0}},
+        {"name": "m", "upstream": {**upstream, "binary": "sometimes"}},
+        {"name": "m", "upstream": {"url": "http://x:1"}},
+    ):
+        with pytest.raises(ValidationError):
+            Settings(models=[wrong])

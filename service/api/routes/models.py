@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from service.api.deps import RuntimeDep
+from service.errors import ApiError
 
 router = APIRouter(tags=["models"])
 
@@ -29,19 +30,24 @@ class ModelList(BaseModel):
 
 @router.get("/models", response_model=ModelList, summary="Served models and their defenses")
 async def list_models(runtime: RuntimeDep) -> ModelList:
+    """Every model whose shapes are known (a proxied model once its upstream has answered)."""
     pool = runtime.pool
-    return ModelList(
-        models=[
+    listed = []
+    for host in pool.hosts.values():
+        try:
+            spec = host.spec
+        except ApiError:
+            continue
+        listed.append(
             ModelInfo(
                 name=host.name,
-                architecture=host.spec.name,
-                input_shape=list(host.spec.input_shape),
-                num_classes=host.spec.num_classes,
-                classes=list(host.spec.classes),
+                architecture=spec.name,
+                input_shape=list(spec.input_shape),
+                num_classes=spec.num_classes,
+                classes=list(spec.classes),
                 defense=host.defense.describe(hide_params=host.settings.hide_defense_params),
                 outputs=list(host.output_modes),
                 default=host.name == pool.default,
             )
-            for host in pool.hosts.values()
-        ]
-    )
+        )
+    return ModelList(models=listed)

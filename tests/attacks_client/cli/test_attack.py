@@ -14,7 +14,7 @@ from attacks_client.attacks.hsja import HopSkipJump
 from attacks_client.attacks.params import coerce, parse_params
 from attacks_client.cli import COMMANDS, main
 from attacks_client.evaluation.scoring import checkpoints_for
-from tests.servers import ROOT, ServiceProcess, free_port
+from tests.servers import ROOT, ServiceProcess, UpstreamProcess, free_port
 
 
 def test_help_lists_every_attack() -> None:
@@ -154,3 +154,46 @@ def test_repeat_charges_t_queries_per_logical_query(
     assert record["repeat"] == 3
     assert record["queries"] <= 300 and record["queries"] % 3 == 0
     assert len(record["query_l2"]) == record["queries"]  # one entry per real query
+
+
+@pytest.mark.parametrize("form", ["v2+http", "--protocol v2"])
+def test_attack_over_the_open_inference_protocol(
+    keyed_server: ServiceProcess, tmp_path: Path, form: str
+) -> None:
+    output = tmp_path / "v2.jsonl"
+    if form == "v2+http":
+        endpoint = ["--url", "v2+" + keyed_server.url]
+    else:
+        endpoint = ["--url", keyed_server.url, "--protocol", "v2"]
+    common = ["--model", "resnet20-mnist", "--api-key", "cli-key", "--images", "1"]
+    common += ["--budget", "300", "--eval-draws", "2", "--output", str(output), "--quiet"]
+    assert main(["hsja", *endpoint, *common, "--param", "init_num_evals=50"]) == 0
+    (record,) = [json.loads(line) for line in output.read_text().splitlines()]
+    assert 0 < record["queries"] <= 300 and record["misclassified"][-1]  # undefended model
+    assert record["model"] == "resnet20-mnist"
+
+
+def test_attack_a_kserve_server_directly(kserve_upstream: UpstreamProcess, tmp_path: Path) -> None:
+    """No gateway at all: a score-based attack on kserve's own model (logits, its names)."""
+    output = tmp_path / "kserve.jsonl"
+    status = main(
+        [
+            "simba",
+            "--url",
+            f"v2+{kserve_upstream.url}",
+            "--model",
+            "resnet20",
+            "--images",
+            "1",
+            "--budget",
+            "300",
+            "--eval-draws",
+            "1",
+            "--output",
+            str(output),
+            "--quiet",
+        ]
+    )
+    assert status == 0
+    (record,) = [json.loads(line) for line in output.read_text().splitlines()]
+    assert record["model"] == "resnet20" and 0 < record["queries"] <= 300

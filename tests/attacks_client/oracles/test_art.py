@@ -31,6 +31,7 @@ from attacks_client.oracles.art import (  # noqa: E402
     numpy2_shims,
 )
 from attacks_client.oracles.base import BudgetExhausted, FunctionOracle  # noqa: E402
+from attacks_client.oracles.factory import open_oracle  # noqa: E402
 from attacks_client.oracles.http import HttpOracle  # noqa: E402
 from tests.servers import ROOT, ServiceProcess  # noqa: E402
 
@@ -57,9 +58,11 @@ class AskedFor:
         monkeypatch.setattr(classifier, "predict", counting)
 
 
-@pytest.fixture
-def oracle(keyed_server: ServiceProcess) -> Iterator[HttpOracle]:
-    with HttpOracle(keyed_server.url, api_key=KEY) as oracle:
+@pytest.fixture(params=["predict", "v2"])
+def oracle(keyed_server: ServiceProcess, request: pytest.FixtureRequest) -> Iterator[HttpOracle]:
+    """The gateway's model through /predict and through the Open Inference Protocol."""
+    url = keyed_server.url
+    with open_oracle(url, "resnet20-mnist", protocol=request.param, api_key=KEY) as oracle:
         yield oracle
 
 

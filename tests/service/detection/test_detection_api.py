@@ -225,3 +225,17 @@ def test_blank_images_are_answered_and_only_repeat_exactly(server: ServiceProces
     assert predict(server, "dave", blank + 1.0).status_code == 200
     status = admin_get(server, "/detections/key:dave").json()
     assert status["flags"][MODEL] == {"exact": 1}
+
+
+def test_v2_requests_are_screened_by_the_same_pipeline(server: ServiceProcess) -> None:
+    from tests.oip import infer, outputs_of
+
+    key = {"X-API-Key": "carol-key"}
+    x = np.ascontiguousarray(IMAGES[1][None], np.float32)
+    first = infer(server.url, MODEL, x, binary=True, headers=key)
+    again = infer(server.url, MODEL, x, binary=False, headers=key)
+    assert first.status_code == again.status_code == 200
+    probs = [outputs_of(r)[1]["probabilities"] for r in (first, again)]
+    assert np.array_equal(probs[0], probs[1])  # enforce: the repeat gets the first answer
+    flags = admin_get(server, "/detections/key:carol").json()["flags"]
+    assert flags[MODEL] == {"exact": 1}

@@ -21,6 +21,7 @@ KEYS = {
     "fuzz": "fuzz-secret",
     "leaks": "leaks-secret",
     "disconnect": "disconnect-secret",
+    "v2": "v2-secret",
 }
 MAX_BATCH = 8
 MAX_BODY = 100_000

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from tests.servers import ServiceProcess
-from tests.service.hardening.conftest import ADMIN, IMAGE, KEYS, MAX_BATCH
+from tests.service.hardening.conftest import ADMIN, IMAGE, KEYS, LABEL_ONLY, MAX_BATCH, MODEL
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 MAX_EXAMPLES = 40
@@ -33,7 +33,17 @@ OPERATIONS = {
     "GET /usage/{caller}",
     "DELETE /usage/{caller}",
     "PUT /usage/{caller}/budget",
+    "GET /v2",
+    "GET /v2/health/live",
+    "GET /v2/health/ready",
+    "GET /v2/models/{model}",
+    "GET /v2/models/{model}/versions/{version}",
+    "GET /v2/models/{model}/ready",
+    "GET /v2/models/{model}/versions/{version}/ready",
+    "POST /v2/models/{model}/infer",
+    "POST /v2/models/{model}/versions/{version}/infer",
 }
+INFER = ("/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer")
 
 
 def deployed_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -47,6 +57,22 @@ def deployed_schema(schema: dict[str, Any]) -> dict[str, Any]:
     for size in IMAGE:
         level["minItems"] = level["maxItems"] = size
         level = level["items"]
+    # /v2 infer: one image of the model's shape (name, datatype, shape and size fixed)
+    for path in INFER:
+        operation = schema["paths"][path]["post"]
+        tensor = operation["requestBody"]["content"]["application/json"]["schema"]
+        spec = tensor["properties"]["inputs"]["items"]["properties"]
+        spec["name"]["enum"], spec["datatype"]["enum"] = ["input"], ["FP32"]
+        spec["shape"] = {"type": "array", "enum": [[1, *IMAGE]]}
+        spec["data"].update(minItems=784, maxItems=784)
+        spec["data"]["items"].update(minimum=0, maximum=1)
+    # the served models and version by name (other names are the 404 the bad-input tests check)
+    for path, item in schema["paths"].items():
+        for operation in item.values() if path.startswith("/v2/models/") else ():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "path":
+                    names = [MODEL, LABEL_ONLY] if parameter["name"] == "model" else ["1"]
+                    parameter["schema"] = {"type": "string", "enum": names}
     return schema
 
 
@@ -97,6 +123,8 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(
     # the 200 path of /predict was reached (and its answers checked against the schema)
     predict = result["valid_rates"]["POST /predict"]
     assert sum(phase["accepted"] for phase in predict.values()) >= 10, predict
+    v2 = result["valid_rates"]["POST /v2/models/{model}/infer"]
+    assert sum(phase["accepted"] for phase in v2.values()) >= 5, v2
     assert "unexpected error" not in hardened.log()  # nothing crashed a handler
     print(
         f"schemathesis: {result['test_cases']['generated']} cases over "

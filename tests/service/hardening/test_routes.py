@@ -33,6 +33,16 @@ ROUTES = {
     ("GET", "/detections/{caller}"),
     ("POST", "/detections/{caller}/lift"),
     ("DELETE", "/detections/{caller}"),
+    # the Open Inference Protocol (v2): metadata, health, readiness, infer
+    ("GET", "/v2"),
+    ("GET", "/v2/health/live"),
+    ("GET", "/v2/health/ready"),
+    ("GET", "/v2/models/{model}"),
+    ("GET", "/v2/models/{model}/versions/{version}"),
+    ("GET", "/v2/models/{model}/ready"),
+    ("GET", "/v2/models/{model}/versions/{version}/ready"),
+    ("POST", "/v2/models/{model}/infer"),
+    ("POST", "/v2/models/{model}/versions/{version}/infer"),
     # FastAPI's own documentation routes: static HTML and the schema
     ("GET", "/openapi.json"),
     ("HEAD", "/openapi.json"),
@@ -53,6 +63,10 @@ PARAMETERS = {
     ("header", "authorization"),
     ("path", "caller"),
     ("body", "update"),
+    # /v2: the model is a key of the served models, the version only ever "1"
+    ("path", "model"),
+    ("path", "version"),
+    ("header", "inference-header-content-length"),
 }
 ADMIN_ROUTES = {
     ("GET", "/usage"),
@@ -140,6 +154,9 @@ def test_405_names_every_method_of_the_path() -> None:
         response = asyncio.run(ask(method, path))
         assert_json_error(response, 405, "method_not_allowed")
         assert response.headers["Allow"] == allow
+    v2 = asyncio.run(ask("GET", "/v2/models/m/infer"))  # the protocol's own error shape
+    assert v2.status_code == 405 and v2.headers["Allow"] == "POST"
+    assert set(v2.json()) == {"error"} and isinstance(v2.json()["error"], str)
 
 
 # ---- label-only: no scores anywhere -----------------------------------------------------------
