@@ -126,6 +126,7 @@ def test_admin_view_and_per_model_counts(keyed: ServiceProcess) -> None:
     assert bob == {
         "caller": "key:bob",
         "models": {PLAIN_MODEL: 3, SND_MODEL: 2},
+        "detection_state": None,
         "total": 5,
         "budget": 1000,
         "budget_source": "settings",
