@@ -23,6 +23,8 @@ _SPECS: dict[str, str] = {
     "simba-dct": "attacks_client.attacks.simba:SimBADCT",
     "bandit-td": "attacks_client.attacks.bandits:BanditTD",
     "subspace": "attacks_client.attacks.subspace:SubspaceAttack",
+    # beyond the paper: the score attack noise defenses fear most (issue 26)
+    "square": "attacks_client.attacks.square:SquareAttack",
 }
 
 

@@ -17,7 +17,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, final
+from typing import Any, ClassVar, Literal, final
 
 import numpy as np
 
@@ -55,6 +55,8 @@ class AttackResult:
     reference_queries: int | None = None
     """``queries`` as the reference implementation counts them (it looks at some images,
     e.g. x0, without counting); equal to ``queries`` where the reference counts everything."""
+    x0: np.ndarray | None = None
+    """The attacked image (for distances in other norms than L2)."""
 
     def candidate_at(self, queries: int) -> np.ndarray | None:
         """The adversarial candidate the attack held after ``queries`` queries (None if none)."""
@@ -151,6 +153,13 @@ class AttackOracle:
         self._l2.append(np.repeat(l2, self.query_cost) if self.query_cost > 1 else l2)
         return x
 
+    def _refused(self, n: int) -> None:
+        """The endpoint refused the last ``n`` images (budget, throttled, suspended): they were
+        not answered, so they are not counted (the server charged nothing for them)."""
+        cost = n * self.query_cost
+        self.queries -= cost
+        self._l2.pop()
+
     def _after(self) -> None:
         if self._progress is not None:
             self._progress(self.queries, self.updates[-1].l2 if self.updates else float("inf"))
@@ -159,6 +168,9 @@ class AttackOracle:
         x = self._charge(x)
         try:
             return self._oracle.labels(x)
+        except BudgetExhausted:
+            self._refused(len(x))
+            raise
         finally:
             self._after()
 
@@ -168,6 +180,9 @@ class AttackOracle:
         x = self._charge(x)
         try:
             return self._oracle.scores(x)
+        except BudgetExhausted:
+            self._refused(len(x))
+            raise
         finally:
             self._after()
 
@@ -192,6 +207,8 @@ class Attack(ABC):
 
     name: ClassVar[str]
     needs_scores: ClassVar[bool] = False
+    repeat_mean: ClassVar[Literal["probabilities", "log-probabilities"]] = "probabilities"
+    """How a ``RepeatOracle`` in front of this attack averages T answered score vectors."""
 
     def params(self) -> dict[str, Any]:
         """The hyperparameters of this instance (for the JSONL records)."""
@@ -238,6 +255,7 @@ class Attack(ABC):
             query_l2=tracked.query_l2,
             params=self.params(),
             reference_queries=tracked.reference_queries,
+            x0=x0,
         )
 
     @abstractmethod

@@ -157,7 +157,9 @@ def _run(attack: Attack, data: ImageSet, args: argparse.Namespace) -> int:
         timeout=args.timeout,
     )
     sent: Oracle = JitterOracle(http, args.jitter, seed=args.seed) if args.jitter > 0 else http
-    oracle: Oracle = RepeatOracle(sent, args.repeat) if args.repeat > 1 else sent
+    oracle: Oracle = (
+        RepeatOracle(sent, args.repeat, mean=attack.repeat_mean) if args.repeat > 1 else sent
+    )
     if tuple(data.images.shape[1:]) != http.input_shape:
         raise FileNotFoundError(
             f"images of shape {tuple(data.images.shape[1:])} do not fit model {http.model!r} "

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from rich.table import Table
 
-from attacks_client.attacks import ATTACKS
 from attacks_client.cli.common import OUT, CliError, Command, exit_on_sigterm
 from attacks_client.evaluation import ResumeMismatch, RunInProgress
 from attacks_client.evaluation.calibration import (
@@ -25,6 +24,7 @@ from attacks_client.evaluation.calibration import (
     calibrate,
     verdict,
 )
+from attacks_client.evaluation.presets import preset_names, row_key
 
 
 def configure_calibrate(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +57,9 @@ def configure_calibrate(parser: argparse.ArgumentParser) -> None:
         "--accuracy-images", type=int, default=None, help="test images for accuracy (all)"
     )
     quick = parser.add_argument_group("the quick attacks")
-    quick.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS), choices=list(ATTACKS))
+    quick.add_argument(
+        "--attacks", nargs="+", default=list(DEFAULT_ATTACKS), choices=preset_names()
+    )
     quick.add_argument("--images", type=int, default=5, help="images attacked per σ")
     quick.add_argument("--budget", type=int, default=2000, help="queries per image")
     quick.add_argument("--epsilon", type=float, default=1.5, help="L2 radius of success")
@@ -136,7 +138,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             f"{row.accuracy:.2f} ± {row.accuracy_std:.2f}",
             "–" if row.clean_p_mis is None else f"{row.clean_p_mis:.4f}",
             "–" if row.sigma_hat is None else f"{row.sigma_hat:.4f}",
-            *[f"{100 * row.success(a):.0f}%" for a in plan.attacks],
+            *[f"{100 * row.success(row_key(a, plan.epsilon)):.0f}%" for a in plan.attacks],
         )
     OUT.print(table)
     OUT.print(verdict(result.rows, result.choice, plan.max_accuracy_drop))

@@ -5,9 +5,11 @@ evaluation protocol measures it (:mod:`~attacks_client.evaluation.grid`): clean 
 std over ``accuracy_repeats`` noisy passes of the test images), P_mis on clean images (answers
 that differ from σ = 0's), σ̂ (the std of the margin loss under the noise, paper Sec. 4.2) and the
 success of a quick attack set at L2 ≤ ε within the budget (HSJA with the parameterization the
-paper ran, ART's; SimBA-DCT; Bandit-TD). The choice rule (:func:`choose_sigma`): the largest σ
-whose mean clean accuracy is at most ``max_accuracy_drop`` percentage points below the baseline
-(σ = 0, or the smallest σ measured). A run is an evaluation directory, so an interrupted
+paper ran, ART's; SimBA-DCT; Bandit-TD; the Square Attack in the L2 ball of radius ε, plain and
+adaptive, since σ is to be judged by the strongest attack). The choice rule
+(:func:`choose_sigma`): the largest σ whose mean clean accuracy is at most
+``max_accuracy_drop`` percentage points below the baseline (σ = 0, or the smallest σ measured);
+the verdict names the strongest attack there. A run is an evaluation directory, so an interrupted
 calibration resumes where it stopped.
 """
 
@@ -21,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attacks_client.evaluation.experiment import AttackConfig, EndpointConfig, Experiment
+from attacks_client.evaluation.experiment import EndpointConfig, Experiment
 from attacks_client.evaluation.grid import evaluate
 from attacks_client.evaluation.measures import success_counts
 from attacks_client.evaluation.plots import plot_calibration
+from attacks_client.evaluation.presets import attack_row
 from attacks_client.evaluation.runs import Run
 from attacks_client.evaluation.tables import markdown_table
 from attacks_client.oracles import open_oracle
@@ -32,7 +35,7 @@ from attacks_client.oracles import open_oracle
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGMAS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
-DEFAULT_ATTACKS = ("hsja", "simba-dct", "bandit-td")
+DEFAULT_ATTACKS = ("hsja", "simba-dct", "bandit-td", "square", "square-adaptive")
 FILES = ("calibration.md", "calibration.csv", "calibration.png")
 
 
@@ -80,7 +83,7 @@ def endpoint_name(sigma: float) -> str:
 def calibration_experiment(plan: CalibrationPlan) -> Experiment:
     """The evaluation grid of a calibration: one endpoint per σ (or per named model of a running
     gateway), the quick attacks on each."""
-    attacks = tuple(AttackConfig(name=a) for a in plan.attacks)
+    attacks = tuple(attack_row(a, plan.epsilon) for a in plan.attacks)
     common: dict[str, Any] = {
         "attacks": attacks,
         "images": plan.images,
@@ -235,6 +238,13 @@ def verdict(rows: Sequence[CalibrationRow], choice: CalibrationRow | None, max_d
         f"{baseline.sigma:g})"
         for a in choice.successes
     )
+    strongest = max(choice.successes, key=choice.success, default=None)
+    if strongest is not None:
+        attacks += (
+            f". The strongest attack there is {strongest} "
+            f"({100 * choice.success(strongest):.0f}%): that is what σ = {choice.sigma:g} "
+            "leaves an attacker"
+        )
     edge = (
         " It is the largest σ swept: extend --sigmas upward to find where accuracy gives way."
         if choice.sigma == max(r.sigma for r in rows) and len(rows) > 1

@@ -29,6 +29,12 @@ api_key_env = "ATTACKER_KEY"    # attacker identity; eval_api_key_env for the ev
 name = "hsja"
 repeat = 1                       # T of the adaptive attack
 params = { max_iter = 64 }
+
+[[attacks]]
+name = "square"
+label = "square-linf (eps=0.1)"
+norm = "linf"                    # judged by L∞ distance at the experiment's linf_epsilons
+params = { norm = "inf", epsilon = 0.1 }
 ```
 """
 
@@ -54,6 +60,9 @@ class EndpointConfig:
     eval_api_key: str | None = None
     serve: dict[str, Any] | None = None
     reference: bool = False
+    eval_model: str | None = None
+    """The model the evaluator asks (default: ``model``): e.g. the same network and defense
+    without stateful detection, so that the judge's repeated draws are not flagged."""
     # the endpoint whose answers are h(x) for this one's P_mis (default: the reference); e.g.
     # the adversarially trained model for the same model behind SND
     pmis_reference: str | None = None
@@ -86,6 +95,9 @@ class AttackConfig:
     endpoints: tuple[str, ...] | None = None
     images: int | None = None
     """Attack only the first ``images`` of the experiment's images (``None``: all of them)."""
+    norm: str = "l2"
+    """The distance the row is judged in: ``l2`` (at ``epsilons``) or ``linf`` (at
+    ``linf_epsilons``)."""
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> AttackConfig:
@@ -98,6 +110,15 @@ class AttackConfig:
         attack = cls(**raw)
         if attack.repeat < 1:
             raise ValueError("repeat must be >= 1")
+        if attack.norm not in ("l2", "linf"):
+            raise ValueError(f"attack {attack.key!r}: norm must be 'l2' or 'linf'")
+        searches_linf = str(attack.params.get("norm", "2")).lower() in ("inf", "linf")
+        if searches_linf != (attack.norm == "linf"):
+            raise ValueError(
+                f"attack {attack.key!r} searches an {'L∞' if searches_linf else 'L2'} ball but "
+                f"is judged in {attack.norm}: set norm = "
+                f'"{"linf" if searches_linf else "l2"}" on the row'
+            )
         if attack.images is not None and attack.images < 1:
             raise ValueError("an attack's images must be >= 1")
         return attack
@@ -124,6 +145,8 @@ class Experiment:
     checkpoints: tuple[int, ...] = (1000, 2000, 5000, 10000)
     epsilons: tuple[float, ...] = (1.0, 1.5, 2.0)
     primary_epsilon: float = 1.5
+    linf_epsilons: tuple[float, ...] = (0.1, 0.2, 0.3)
+    """Radii of the rows judged in L∞ (``norm = "linf"``; MNIST's usual radii)."""
     eval_draws: int = 10
     dataset: str = "embedded"
     accuracy_repeats: int = 5
@@ -138,7 +161,7 @@ class Experiment:
         raw = dict(raw)
         endpoints = tuple(EndpointConfig.from_dict(e) for e in raw.pop("endpoints", []))
         attacks = tuple(AttackConfig.from_dict(a) for a in raw.pop("attacks", []))
-        for key in ("checkpoints", "epsilons"):
+        for key in ("checkpoints", "epsilons", "linf_epsilons"):
             if key in raw:
                 raw[key] = tuple(raw[key])
         experiment = cls(endpoints=endpoints, attacks=attacks, **raw)
@@ -210,7 +233,7 @@ def _split_attack(group: list[AttackConfig]) -> bool:
     """The entries are one attack (same name, params, repeat) on disjoint endpoint sets."""
     first = group[0]
     if any(
-        (a.name, a.params, a.repeat) != (first.name, first.params, first.repeat)
+        (a.name, a.params, a.repeat, a.norm) != (first.name, first.params, first.repeat, first.norm)
         or a.endpoints is None
         for a in group
     ):

@@ -64,9 +64,10 @@ class Evaluation:
         scores: bool = False,
     ) -> HttpOracle:
         key = (endpoint.eval_api_key or endpoint.api_key) if evaluator else endpoint.api_key
+        model = (endpoint.eval_model or endpoint.model) if evaluator else endpoint.model
         return open_oracle(  # /predict, or OIP v2 for a v2+http:// URL
             self.urls[endpoint.name],
-            endpoint.model,
+            model,
             api_key=key,
             output="scores" if scores else "label",
         )
@@ -212,7 +213,7 @@ class Evaluation:
             recording = RecordingOracle(http, exp.pmis_samples, seed=exp.seed + image)
             oracle: Oracle = recording
             if attack.repeat > 1:
-                oracle = RepeatOracle(recording, attack.repeat)
+                oracle = RepeatOracle(recording, attack.repeat, mean=attack_cls.repeat_mean)
             result = attack_cls(**attack.params)(
                 oracle,
                 data.images[image],

@@ -14,6 +14,17 @@ from typing import Any
 
 import numpy as np
 
+LINF_TOLERANCE = 1e-6
+"""float32 rounding of x0 ± ε: a candidate on the L∞ sphere reads up to a few 1e-8 beyond it."""
+
+
+def distance(record: dict[str, Any], checkpoint: dict[str, Any]) -> float | None:
+    """The candidate's distance in the norm the record is judged in (L2 unless ``linf``)."""
+    if record.get("norm") == "linf":
+        value = checkpoint.get("linf")
+        return None if value is None else max(float(value) - LINF_TOLERANCE, 0.0)
+    return checkpoint["l2"]
+
 
 def success_counts(
     records: list[dict[str, Any]],
@@ -31,7 +42,8 @@ def success_counts(
         if verdict is None:
             continue
         n += 1
-        hits += bool(verdict and checkpoint["l2"] is not None and checkpoint["l2"] <= epsilon)
+        d = distance(record, checkpoint)
+        hits += bool(verdict and d is not None and d <= epsilon)
     return hits, n
 
 
@@ -57,7 +69,9 @@ def mean_query_l2(records: list[dict[str, Any]], q: int) -> float:
 
 
 def median_l2(records: list[dict[str, Any]], q: int) -> float:
-    values = [r["checkpoints"][str(q)]["l2"] for r in records]
+    """Median candidate distance at ``q`` in the records' norm (L2, or L∞ for ``linf`` rows);
+    an image without a candidate counts as ∞."""
+    values = [distance(r, r["checkpoints"][str(q)]) for r in records]
     return float(np.median([math.inf if v is None else v for v in values])) if values else math.nan
 
 

@@ -1,9 +1,10 @@
 """The records of an evaluation run: one JSON line per (attack, endpoint, image).
 
 A record holds the queries used, and at each budget checkpoint the candidate (float32, zlib,
-base64), its L2 distance to x0, the evaluator's majority verdict and wrong votes, and the L2 of
-the q-th query image (paper Table 3); the candidate-L2 trajectory; and P_mis over a sample of
-the attack's queries (Table 5). ``RECORDS``, ``ACCURACY`` and ``IMAGES`` name the run's files.
+base64), its L2 and L∞ distances to x0, the evaluator's majority verdict and wrong votes, and
+the L2 of the q-th query image (paper Table 3); the candidate-L2 trajectory; and P_mis over a
+sample of the attack's queries (Table 5). ``RECORDS``, ``ACCURACY`` and ``IMAGES`` name
+the run's files.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def majority_misclassified(
     return [(bool(w * 2 > draws), int(w)) for w in wrong]
 
 
+def linf_distance(candidate: np.ndarray, x0: np.ndarray | None) -> float | None:
+    """max |candidate − x0| (None when the result does not carry x0)."""
+    if x0 is None:
+        return None
+    return float(np.abs(candidate.astype(np.float64) - x0.astype(np.float64)).max())
+
+
 def query_l2_at(result: AttackResult, q: int) -> float | None:
     """L2 of the q-th query image (the last one if the attack stopped earlier)."""
     if len(result.query_l2) == 0:
@@ -70,6 +78,7 @@ def build_record(
         l2 = result.l2_at(q)
         checkpoints[str(q)] = {
             "l2": None if candidate is None else l2,
+            "linf": None if candidate is None else linf_distance(candidate, result.x0),
             "misclassified": candidate is not None and misclassified,
             "wrong_votes": votes,
             "query_l2": query_l2_at(result, q),
@@ -79,6 +88,7 @@ def build_record(
         "attack": attack.key,
         "attack_name": attack.name,
         "repeat": attack.repeat,
+        "norm": attack.norm,
         "params": {k: v for k, v in result.params.items() if jsonable(v)},
         "endpoint": endpoint.name,
         "image": image,

@@ -45,8 +45,12 @@ class Report:
         self.tables = run.directory / "tables"
         self.plots = run.directory / "plots"
 
-    def plain_attacks(self) -> list[dict[str, Any]]:
-        return [a for a in self.run.attacks if a["repeat"] == 1]
+    def plain_attacks(self, norm: str = "l2") -> list[dict[str, Any]]:
+        return [a for a in self.attacks(norm) if a["repeat"] == 1]
+
+    def attacks(self, norm: str = "l2") -> list[dict[str, Any]]:
+        """The attacks judged in ``norm`` (``l2`` or ``linf``)."""
+        return [a for a in self.run.attacks if a.get("norm", "l2") == norm]
 
     def table1(self) -> str:
         return clean_accuracy_table(self.run, self.tables)
@@ -92,13 +96,15 @@ class Report:
         )
         return markdown_table(header, rows)
 
-    def attacks_by_endpoint(self, cell: Callable[[str, str, list[dict[str, Any]]], str]) -> str:
-        """A table with attacks as rows and the attacked endpoints as columns; ``cell(attack,
-        endpoint, records)`` fills a cell that has records, the others read "–"."""
+    def attacks_by_endpoint(
+        self, cell: Callable[[str, str, list[dict[str, Any]]], str], norm: str = "l2"
+    ) -> str:
+        """A table with the attacks judged in ``norm`` as rows and the attacked endpoints as
+        columns; ``cell(attack, endpoint, records)`` fills a cell that has records, the others
+        read "–"."""
+        attacks = self.attacks(norm)
         endpoints = [
-            e
-            for e in self.run.endpoints
-            if any(self.run.select(a["key"], e) for a in self.run.attacks)
+            e for e in self.run.endpoints if any(self.run.select(a["key"], e) for a in attacks)
         ]
         rows = [
             [attack["key"]]
@@ -108,11 +114,11 @@ class Report:
                 else "–"
                 for endpoint in endpoints
             ]
-            for attack in self.run.attacks
+            for attack in attacks
         ]
         return markdown_table(["Attack"] + endpoints, rows)
 
-    def glance_table(self, epsilons: list[float]) -> str:
+    def glance_table(self, epsilons: list[float], norm: str = "l2") -> str:
         """Attacks as rows, endpoints as columns, at the full budget: success rate at each ε
         and the median L2 of the candidate (the paper's tables, transposed and narrowed)."""
         q = self.run.checkpoints[-1]
@@ -123,9 +129,9 @@ class Report:
             )
             return f"{rates} ({fmt_l2(median_l2(records, q))}; n={len(records)})"
 
-        return self.attacks_by_endpoint(cell)
+        return self.attacks_by_endpoint(cell, norm)
 
-    def interval_table(self, epsilon: float) -> str:
+    def interval_table(self, epsilon: float, norm: str = "l2") -> str:
         """Success at ``epsilon`` after the full budget as hits / images, with the 95% Wilson
         interval: how far a rate over this many images can be trusted."""
         q = self.run.checkpoints[-1]
@@ -137,15 +143,15 @@ class Report:
             csv_rows.append([attack, endpoint, hits, n, lo, hi])
             return f"{hits}/{n} [{lo * 100:.0f}–{hi * 100:.0f}]"
 
-        table = self.attacks_by_endpoint(cell)
+        table = self.attacks_by_endpoint(cell, norm)
         write_csv(
-            self.tables / f"success_interval_eps{epsilon}.csv",
+            self.tables / f"success_interval_{'linf_' if norm == 'linf' else ''}eps{epsilon}.csv",
             ["attack", "endpoint", "successes", "images", "wilson95_low", "wilson95_high"],
             csv_rows,
         )
         return table
 
-    def reference_table(self, epsilons: list[float]) -> str:
+    def reference_table(self, epsilons: list[float], norm: str = "l2") -> str:
         """The at-a-glance shape, with success decided by the noise-free reference h."""
         q = self.run.checkpoints[-1]
 
@@ -156,7 +162,7 @@ class Report:
             n = counts[0][1]
             return " / ".join(f"{100 * h / n:.0f}" for h, _ in counts) + f" (n={n})" if n else "–"
 
-        return self.attacks_by_endpoint(cell)
+        return self.attacks_by_endpoint(cell, norm)
 
     def median_table(self) -> str:
         attacks = self.plain_attacks()
@@ -197,13 +203,13 @@ class Report:
         return markdown_table(["Endpoint"] + [a["key"] for a in attacks], rows)
 
     def adaptive_table(self, epsilon: float) -> str | None:
-        names = {a["name"] for a in self.run.attacks if a["repeat"] > 1}
+        names = {a["name"] for a in self.attacks() if a["repeat"] > 1}
         if not names:
             return None
         header = ["Attack", "T", "Endpoint"] + [f"{q}" for q in self.run.checkpoints] + ["P_mis"]
         rows = []
         for attack in sorted(
-            (a for a in self.run.attacks if a["name"] in names),
+            (a for a in self.attacks() if a["name"] in names),
             key=lambda a: (a["name"], a["repeat"]),
         ):
             for endpoint in self.run.endpoints:
@@ -269,6 +275,25 @@ class Report:
         except (KeyError, OSError, ValueError):
             return None
 
+    def linf_sections(self) -> list[str]:
+        """The at-a-glance and interval tables of the rows judged in L∞."""
+        radii = list(self.run.experiment.get("linf_epsilons", [0.1, 0.2, 0.3]))
+        if not self.attacks("linf"):
+            return []
+        listed = " / ".join(str(e) for e in radii)
+        parts = [
+            f"\n## L∞ attacks at a glance: success rate (%) at {self.run.checkpoints[-1]} queries",
+            f'\nRows judged in L∞ (`norm = "linf"` in the experiment file). Each cell: success at '
+            f"ε∞ = {listed} (median L∞ distance of the candidate; images).\n",
+            self.glance_table(radii, "linf"),
+        ]
+        for epsilon in radii:
+            parts += [f"\nε∞ = {epsilon}:\n", self.interval_table(epsilon, "linf")]
+        if self.run.judgements:
+            parts += [f"\nJudged by the noise-free h, at ε∞ = {listed}:\n"]
+            parts += [self.reference_table(radii, "linf")]
+        return parts
+
     def markdown(self) -> str:
         exp = self.run.experiment
         eps = exp["primary_epsilon"]
@@ -317,6 +342,7 @@ class Report:
                 "",
                 self.reference_table(list(exp["epsilons"])),
             ]
+        parts += self.linf_sections()
         plain = self.plain_attacks()
         for epsilon in exp["epsilons"]:
             name = f"table2_success_eps{epsilon}"
@@ -325,6 +351,14 @@ class Report:
                 f"## Tables 2/3: attack success rate (%), ε = {epsilon}",
                 "",
                 self.success_table(plain, epsilon, name),
+            ]
+        for epsilon in exp.get("linf_epsilons", []) if self.attacks("linf") else []:
+            name = f"table2_success_linf_eps{epsilon}"
+            parts += [
+                "",
+                f"## Tables 2/3, L∞ attacks: success rate (%), ε∞ = {epsilon}",
+                "",
+                self.success_table(self.plain_attacks("linf"), epsilon, name),
             ]
         parts += ["", "## Median L2 of the adversarial candidate", "", self.median_table()]
         parts += ["", "## Images per cell", "", self.counts_table()]

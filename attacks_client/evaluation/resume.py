@@ -78,15 +78,28 @@ def describe(experiment: Experiment) -> dict[str, Any]:
         "checkpoints": list(experiment.budget_checkpoints),
         "epsilons": list(experiment.epsilons),
         "primary_epsilon": experiment.primary_epsilon,
+        "linf_epsilons": list(experiment.linf_epsilons),
         "eval_draws": experiment.eval_draws,
         "dataset": experiment.dataset,
         "endpoints": [
-            {"name": e.name, "serve": e.serve, "url": e.url, "model": e.model}
+            {
+                "name": e.name,
+                "serve": e.serve,
+                "url": e.url,
+                "model": e.model,
+                "eval_model": e.eval_model,
+            }
             for e in experiment.endpoints
         ],
         "serve": experiment.serve,
         "attacks": [
-            {"key": a.key, "name": a.name, "repeat": a.repeat, "params": a.params}
+            {
+                "key": a.key,
+                "name": a.name,
+                "repeat": a.repeat,
+                "params": a.params,
+                "norm": a.norm,
+            }
             for a in experiment.attacks
         ],
         "reference": experiment.reference.name,

@@ -1,11 +1,16 @@
 """The adaptive (expectation) attack of the paper, Sec. 3.4 and 4.2 (Tables 4 and 6).
 
 ``RepeatOracle(oracle, T)`` answers each logical query with T real queries of the same image,
-sent in one batch: the majority label, or the mean of the scores. Each logical query costs T,
-which the attack base class charges against the budget (``query_cost``).
+sent in one batch: the majority label, or the mean of the scores (``mean="probabilities"``) or
+of the log-probabilities (``mean="log-probabilities"``: the answer is the renormalized
+geometric mean, whose log-probability margins are the mean log-probability margins; the Square
+Attack's expectation). Each logical query costs T, which the attack base class charges against
+the budget (``query_cost``).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 
@@ -15,11 +20,20 @@ from attacks_client.oracles.base import Oracle, OracleWrapper
 class RepeatOracle(OracleWrapper):
     """Expectation over T draws of a randomized endpoint; costs T queries per image."""
 
-    def __init__(self, oracle: Oracle, repeats: int) -> None:
+    def __init__(
+        self,
+        oracle: Oracle,
+        repeats: int,
+        *,
+        mean: Literal["probabilities", "log-probabilities"] = "probabilities",
+    ) -> None:
         if repeats < 1:
             raise ValueError("repeats must be >= 1")
+        if mean not in ("probabilities", "log-probabilities"):
+            raise ValueError("mean must be 'probabilities' or 'log-probabilities'")
         super().__init__(oracle)
         self.repeats = repeats
+        self.mean = mean
 
     @property
     def query_cost(self) -> int:
@@ -40,6 +54,12 @@ class RepeatOracle(OracleWrapper):
         if self.repeats == 1:
             return self.inner.scores(x)
         probs = self.inner.scores(self._repeat(x))
+        if self.mean == "log-probabilities":
+            logp = np.log(np.maximum(probs.astype(np.float64), np.finfo(np.float64).tiny))
+            mean_logp = logp.reshape(len(x), self.repeats, -1).mean(1)
+            mean_logp -= mean_logp.max(1, keepdims=True)
+            geometric = np.exp(mean_logp)
+            return (geometric / geometric.sum(1, keepdims=True)).astype(np.float32)
         # summed in float64: exact for float32 answers, so T equal answers average to themselves
         mean = probs.reshape(len(x), self.repeats, -1).mean(1, dtype=np.float64)
         return mean.astype(np.float32)

@@ -9,6 +9,16 @@ candidate with a separate identity, once by the attacked endpoint's majority of 
 (DESIGN section 7) and once by the noise-free h (the ``none`` endpoint). ART also runs
 in-process, on the ``none`` model, for the speed comparison. Records go to
 ``runs/parity/records.jsonl`` (rerun to resume); the page to ``docs/results/parity.md``.
+
+The page shows every attack in the records file. To rerun some attacks and keep the committed
+page's other rows, seed the records file with the committed records first, and run with the
+committed page's ``--images``, ``--budget``, ``--seed`` and endpoints:
+
+    mkdir -p runs/parity
+    zcat docs/results/parity/records.jsonl.gz > runs/parity/records.jsonl
+    python -m benchmarks.parity --attacks square-l2 square-linf --images 20 --budget 2000 \\
+        --inprocess-images 3 --workers 2
+    gzip -c runs/parity/records.jsonl > docs/results/parity/records.jsonl.gz
 """
 
 from __future__ import annotations

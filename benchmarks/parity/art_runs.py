@@ -19,6 +19,18 @@ ART has no query budget of its own, so each attack is set (or stepped) to stay w
 * SimBA (pixels and DCT): 2 queries per iteration, ``max_iter = (budget - 2) // 2``; the DCT
   variant with ``freq_dim = 4, stride = 1`` on 28-px images (ours scales the paper's 28/7 at
   224 px the same way).
+* SquareAttack (``square-l2``, ``square-linf``): our norm and ε (L2 1.5, L∞ 0.3); ``p_init``
+  the authors' (0.1 for L2, 0.05 for L∞: ``attack.py``'s ``--p`` help; ART's default 0.8 is
+  not theirs); ``nb_restarts = 1``, ``batch_size = 1``, ``max_iter = (budget - 3) // 3``. With
+  ``y`` given, ``generate`` predicts x0 twice (the restart's success check, then x0's loss)
+  and its start once; every iteration predicts the incumbent twice (a success check, then its
+  loss, again) and the candidate once: ``3 + 3 max_iter`` queries (1,998 of 2,000), where the
+  authors spend 1 + 1 per iteration. ART's L2 update sends NaN images: line 465 of its
+  ``square_attack.py`` *divides* the new window by ``||w|| sqrt(max(eps^2 - ||delta||^2, 0)
+  / c + ||delta_windows||^2)`` (the authors multiply by the root), which is 0 when the
+  incumbent lies on the sphere and neither window touches its perturbation; the x/0 and 0/0
+  pixels become a NaN window at the renormalization (lines 491-495).
+  ``benchmarks.parity.jobs.NonFiniteGuard`` counts them, does not send them and answers NaN.
 
 A run that still crosses the budget ends with ``BudgetExhausted`` and no candidate (reported as
 stop reason ``budget``).
@@ -31,11 +43,15 @@ from typing import Any
 import numpy as np
 
 from attacks_client.attacks.art import art_geoda
+from attacks_client.attacks.square import DEFAULT_EPSILON, DEFAULT_P_INIT
 from attacks_client.oracles.art import ArtBridge, numpy2_shims
 from attacks_client.oracles.base import BudgetExhausted, Oracle
 
 SIGN_OPT_MARGIN = 400
 GEODA_SHARE = 0.9  # of the budget for GeoDA's query plan
+SQUARE_NORMS = {"square-l2": "2", "square-linf": "inf"}
+SQUARE_START = 3  # x0 twice and the start, before the first iteration
+SQUARE_PER_ITERATION = 3  # the incumbent twice and the candidate
 
 
 def _changed(candidate: np.ndarray, x0: np.ndarray) -> bool:
@@ -80,11 +96,12 @@ def _hsja(bridge: ArtBridge, x: np.ndarray, label: int) -> tuple[np.ndarray | No
 def run_art(
     name: str, oracle: Oracle, x0: np.ndarray, label: int, budget: int
 ) -> tuple[np.ndarray | None, str, bool]:
-    """``(candidate or None, stop reason, found a start)`` of ART's ``name`` on ``x0``."""
-    from art.attacks.evasion import BoundaryAttack, SignOPTAttack, SimBA
+    """``(candidate or None, stop reason, found a start)`` of ART's ``name`` on ``x0``; a
+    score attack's oracle must answer scores (``oracle.has_scores``), a decision attack's may."""
+    from art.attacks.evasion import BoundaryAttack, SignOPTAttack, SimBA, SquareAttack
 
     numpy2_shims()
-    scores = name in ("simba", "simba-dct")
+    scores = name in ("simba", "simba-dct") or name in SQUARE_NORMS
     bridge = ArtBridge(oracle, budget=budget, scores=scores)
     x = x0.astype(np.float32)
     if name == "hsja":
@@ -113,6 +130,18 @@ def run_art(
             freq_dim=4,
             stride=1,
             targeted=False,
+        )
+    elif name in SQUARE_NORMS:
+        norm = SQUARE_NORMS[name]
+        attack = SquareAttack(
+            bridge.classifier,
+            norm=2 if norm == "2" else np.inf,
+            eps=DEFAULT_EPSILON[norm],
+            p_init=DEFAULT_P_INIT[norm],
+            max_iter=max((budget - SQUARE_START) // SQUARE_PER_ITERATION, 1),
+            nb_restarts=1,
+            batch_size=1,
+            verbose=False,
         )
     else:
         raise KeyError(f"no ART counterpart of {name!r}")

@@ -1,5 +1,5 @@
 """ART in-process, for the speed comparison: the embedded ResNet-20 without defense as a plain
-function, no HTTP (what ART users usually run)."""
+function, no HTTP (what ART users usually run), behind the same :class:`NonFiniteGuard`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from attacks_client.oracles.base import FunctionOracle
-from benchmarks.parity.jobs import Job, TimeLimit, _alarm, make_record
+from benchmarks.parity.jobs import Job, NonFiniteGuard, TimeLimit, _alarm, make_record, seed_art
 
 
 @cache
@@ -33,17 +33,19 @@ def run_inprocess(job: Job, url: str, image: np.ndarray) -> dict[str, Any]:
     from benchmarks.parity.art_runs import run_art
 
     _network()  # load before the clock starts
-    oracle = FunctionOracle(_predict, tuple(image.shape), 10)  # type: ignore[arg-type]
+    network = FunctionOracle(_predict, tuple(image.shape), 10)  # type: ignore[arg-type]
+    oracle = NonFiniteGuard(network, job.label)
     signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, job.time_limit)
     start = time.perf_counter()
     try:
-        np.random.seed(job.seed)
+        seed_art(job.seed)
         candidate, stop, started = run_art(job.attack, oracle, image, job.label, job.budget)
     except TimeLimit:
         candidate, stop, started = None, "time-limit", True
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+    seconds = time.perf_counter() - start
     return make_record(
-        job, image, candidate, oracle.queries, stop, started, time.perf_counter() - start
+        job, image, candidate, oracle.queries, stop, started, seconds, oracle.nonfinite
     )

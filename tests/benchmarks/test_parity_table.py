@@ -71,3 +71,29 @@ def test_a_cell_misses_its_target_when_ours_is_weaker() -> None:
         row("ours", i, 1.2, True) for i in range(5)
     ]
     assert not compare(records(rows), "hsja", "snd", list(range(5)), "defended")["meets"]
+
+
+def test_square_linf_is_judged_in_its_own_ball_within_float32_rounding() -> None:
+    """L∞ ≤ 0.3 (10⁻⁶ relative rounding allowed), whatever the L2; its own table after L2's."""
+    rows = [row("ours", 0, 1.0, True), row("art", 0, 1.0, True)]  # an hsja cell
+    for image, (ours, art) in enumerate([(0.3000001, 0.31), (0.3, 0.3)]):
+        for impl, linf in (("ours", ours), ("art", art)):
+            rows.append({**row(impl, image, 6.0, True), "attack": "square-linf", "linf": linf})
+    cell = compare(records(rows), "square-linf", "snd", [0, 1], "defended")
+    assert cell["ours"]["hits"] == {0.3: 2} and cell["art"]["hits"] == {0.3: 1}
+    assert cell["meets"] and math.isclose(cell["ours"]["median_l2"], 0.3, rel_tol=1e-6)  # L∞
+    table = parity_table(records(rows), ["hsja", "square-linf"], ["snd"], [0, 1], "defended")
+    l2_table, linf_table = table.split("\n\n")
+    assert "| hsja | snd | 1 | 1/1" in l2_table and "square-linf" not in l2_table
+    assert "| ε∞=0.3 ours | ε∞=0.3 ART | median L∞ ours |" in linf_table
+    assert "| square-linf | snd | 2 | 2/2 [34–100] | 1/2 [9–91] |" in linf_table
+
+
+def test_a_cell_where_art_asked_non_finite_images_says_art_is_broken() -> None:
+    rows = []
+    for image, count in enumerate([0, 12, 3]):
+        rows.append({**row("ours", image, 1.0, True), "nonfinite": 0})
+        rows.append({**row("art", image, 1.0, True, started=image > 0), "nonfinite": count})
+    table = parity_table(records(rows), ["hsja"], ["snd"], [0, 1, 2], "defended")
+    # counted over every run of the cell's images, left-out ones included
+    assert "| 0 | **15 in 2/3 runs: ART broken** |" in table

@@ -69,7 +69,17 @@ def test_a_plan_is_checked() -> None:
     assert experiment.reference.name == "sigma-0"
     models = experiment.serve["models"]  # type: ignore[index]
     assert models[0]["defense"] == {"kind": "none"} and models[1]["weights"] == "w.pt"
-    assert [a.name for a in experiment.attacks] == ["hsja", "simba-dct", "bandit-td"]
+    assert [a.key for a in experiment.attacks] == [
+        "hsja",
+        "simba-dct",
+        "bandit-td",
+        "square",
+        "square (adaptive)",
+    ]
+    square, adaptive = experiment.attacks[3:]
+    # the Square Attack searches the calibration's L2 ball; the adaptive one pays T per image
+    assert square.params == {"norm": "2", "epsilon": plan.epsilon} and square.repeat == 1
+    assert adaptive.params["epsilon"] == plan.epsilon and adaptive.repeat > 1
 
 
 def lines(path: Path) -> list[dict[str, Any]]:

@@ -91,3 +91,27 @@ def test_one_attack_split_over_disjoint_endpoints_and_limited_to_fewer_images(
         Experiment.from_dict(
             {"name": "s", "endpoints": endpoints, "attacks": [{"name": "hsja", "images": 0}]}
         )
+
+
+def test_the_norm_a_row_is_judged_in_must_match_the_ball_it_searches() -> None:
+    base = {
+        "name": "x",
+        "endpoints": [{"name": "none", "url": "http://127.0.0.1:1"}],
+        "linf_epsilons": [0.1, 0.3],
+    }
+    ok = Experiment.from_dict(
+        {
+            **base,
+            "attacks": [
+                {"name": "square", "norm": "linf", "params": {"norm": "inf", "epsilon": 0.1}}
+            ],
+        }
+    )
+    assert ok.attacks[0].norm == "linf" and ok.linf_epsilons == (0.1, 0.3)
+    for attack in (
+        {"name": "square", "params": {"norm": "inf"}},  # an L∞ search judged in L2
+        {"name": "square", "norm": "linf"},  # an L2 search judged in L∞
+        {"name": "hsja", "norm": "l1"},
+    ):
+        with pytest.raises(ValueError, match="norm"):
+            Experiment.from_dict({**base, "attacks": [attack]})

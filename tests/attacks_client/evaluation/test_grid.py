@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
+from attacks_client.data import load_images
 from attacks_client.evaluation.experiment import AttackConfig, EndpointConfig, Experiment
 from attacks_client.evaluation.grid import Evaluation, evaluate
 from attacks_client.evaluation.records import RECORDS, decode_array
@@ -271,3 +272,82 @@ def test_report_finds_the_image_size_without_stored_candidates(tmp_path: Path) -
     report_ = Report(Run(tmp_path, experiment, [], rows))
     assert report_._dimension("a") == 3 * 32 * 32
     assert report_._dimension("b") == 28 * 28
+
+
+def test_linf_rows_are_judged_in_linf_and_the_evaluator_asks_its_own_model(
+    tmp_path: Path,
+) -> None:
+    """A Square L∞ row is judged by the candidates' L∞ distance at ``linf_epsilons`` and tabled
+    apart from the L2 rows; with ``eval_model`` the judge's draws go to the same network and
+    defense without stateful detection, never to the attacked (detecting) model."""
+    snd = {"kind": "snd", "sigma": 0.01}
+    settings = {
+        "api_keys": {sha(k): name for name, k in KEYS.items()},
+        "admin_token_sha256": sha(ADMIN),
+        "models": [
+            {
+                "name": "guarded",
+                "zoo": "resnet20-mnist",
+                "defense": snd,
+                "detection": {"action": "enforce"},
+            },
+            {"name": "open", "zoo": "resnet20-mnist", "defense": snd},
+        ],
+    }
+    with ServiceProcess(settings) as server:
+        endpoint = EndpointConfig(
+            name="guarded",
+            url=server.url,
+            model="guarded",
+            eval_model="open",
+            api_key=KEYS["attacker"],
+            eval_api_key=KEYS["evaluator"],
+        )
+        linf = AttackConfig(
+            name="square", label="square-linf", norm="linf", params={"norm": "inf", "epsilon": 0.3}
+        )
+        l2 = AttackConfig(name="square", params={"norm": "2", "epsilon": 1.5})
+        experiment = dataclasses.replace(
+            small_grid({}, images=2),
+            endpoints=(endpoint,),
+            attacks=(linf, l2),
+            linf_epsilons=(0.1, 0.3),
+            budget=100,
+            checkpoints=(100,),
+        )
+        evaluate(experiment, tmp_path, workers=2, progress=False)
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        attacker = httpx.get(f"{server.url}/usage/key:attacker", headers=admin).json()
+        evaluator = httpx.get(f"{server.url}/usage/key:evaluator", headers=admin).json()
+    rows = records(tmp_path)
+    assert {(r["attack"], r["norm"]) for r in rows} == {("square-linf", "linf"), ("square", "l2")}
+    for row in rows:
+        check = row["checkpoints"]["100"]
+        if check["candidate"] is None:
+            continue
+        x0 = load_images("embedded").images[row["image"]]
+        x = decode_array(check["candidate"], (1, 28, 28))
+        assert check["linf"] == pytest.approx(float(np.abs(x - x0).max()), abs=1e-6)
+        bound = 0.3 if row["norm"] == "linf" else 1.5
+        measured = check["linf"] if row["norm"] == "linf" else check["l2"]
+        assert measured <= bound + 1e-6
+    # the attacker asked only the detecting model, the evaluator only the open one
+    assert set(attacker["models"]) == {"guarded"} and attacker["total"] == sum(
+        r["queries"] for r in rows
+    )
+    assert set(evaluator["models"]) == {"open"}
+    text = report(tmp_path).read_text()
+    assert "L∞ attacks at a glance" in text and "ε∞ = 0.3" in text
+    l2_glance = text.split("## At a glance")[1].split("\n## ")[0]
+    linf_glance = text.split("## L∞ attacks at a glance")[1].split("\n## ")[0]
+    assert "| square |" in l2_glance and "square-linf" not in l2_glance
+    assert "| square-linf |" in linf_glance and "| square |" not in linf_glance
+    run = Run.load(tmp_path)
+    linf_rows = run.select("square-linf", "guarded")
+    # judged in L∞: every success at 0.3 is a candidate within 0.3 in L∞ (its L2 is far larger)
+    assert all(
+        r["checkpoints"]["100"]["l2"] > 1.5
+        for r in linf_rows
+        if r["checkpoints"]["100"]["misclassified"]
+    )
+    assert (tmp_path / "tables" / "success_interval_linf_eps0.3.csv").exists()

@@ -49,3 +49,19 @@ def test_wilson_interval_narrows_with_more_images() -> None:
     widths = [wilson_interval(n // 5, n)[1] - wilson_interval(n // 5, n)[0] for n in (10, 50, 250)]
     assert widths == sorted(widths, reverse=True)
     assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
+def test_a_linf_row_is_judged_by_its_linf_distance() -> None:
+    def linf_record(l2: float, linf: float, misclassified: bool) -> dict[str, Any]:
+        check = {"l2": l2, "linf": linf, "misclassified": misclassified}
+        return {"norm": "linf", "checkpoints": {"1000": check}}
+
+    # on the L∞ sphere (float32 rounding of x0 + ε reads a hair beyond ε) and far in L2
+    records = [linf_record(6.4, 0.30000001, True), linf_record(2.1, 0.1, True)]
+    assert success_counts(records, 1000, 0.3) == (2, 2)
+    assert success_counts(records, 1000, 0.1) == (1, 2)
+    assert success_counts(records, 1000, 0.05) == (0, 2)
+    assert median_l2(records, 1000) == pytest.approx(0.2, abs=1e-5)  # the records' norm
+    # an L2 record is still judged in L2 even when it carries its L∞ distance
+    l2_record = {"checkpoints": {"1000": {"l2": 1.4, "linf": 0.5, "misclassified": True}}}
+    assert success_counts([l2_record], 1000, 1.5) == (1, 1)

@@ -1,0 +1,60 @@
+"""Named attack rows shared by ``calibrate``, the demo and the experiment files.
+
+A name that is a registered attack is that attack with its defaults (a score attack with an L2
+ball searches the evaluation's ε). ``square-adaptive`` is the noise-aware Square Attack that
+measured strongest against SND at an equal budget of real queries
+(``experiments/square-variants.toml``, docs/results/square-variants.md): the recipe is
+:data:`ADAPTIVE_SQUARE`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attacks_client.attacks import ATTACKS
+from attacks_client.evaluation.experiment import AttackConfig
+
+ADAPTIVE_SQUARE: dict[str, Any] = {"repeat": 4, "params": {"confirm": 3}}
+"""Repeat T (mean log-probability of T draws) and the Square Attack's noise-aware options."""
+
+ADAPTIVE_LABEL = "square (adaptive)"
+
+# attacks whose ball is a hyperparameter: calibrate and the demo set it to the evaluation's ε
+_BALL_ATTACKS = {"square"}
+
+
+def adaptive_square(epsilon: float, norm: str = "2") -> AttackConfig:
+    """The adaptive Square Attack in an L2 (or L∞) ball of radius ``epsilon``."""
+    params = {"norm": norm, "epsilon": epsilon, **ADAPTIVE_SQUARE["params"]}
+    return AttackConfig(
+        name="square",
+        label=ADAPTIVE_LABEL,
+        repeat=int(ADAPTIVE_SQUARE["repeat"]),
+        params=params,
+        norm="l2" if norm == "2" else "linf",
+    )
+
+
+PRESETS = {"square-adaptive": adaptive_square}
+
+
+def preset_names() -> list[str]:
+    """Every name :func:`attack_row` takes: the registered attacks and the presets."""
+    return list(ATTACKS) + list(PRESETS)
+
+
+def attack_row(name: str, epsilon: float) -> AttackConfig:
+    """The grid row called ``name``, searching an L2 ball of radius ``epsilon`` where the
+    attack has one."""
+    if name in PRESETS:
+        return PRESETS[name](epsilon)
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; known: {', '.join(preset_names())}")
+    if name in _BALL_ATTACKS:
+        return AttackConfig(name=name, params={"norm": "2", "epsilon": epsilon})
+    return AttackConfig(name=name)
+
+
+def row_key(name: str, epsilon: float = 1.5) -> str:
+    """The key the records of the row called ``name`` carry."""
+    return attack_row(name, epsilon).key
