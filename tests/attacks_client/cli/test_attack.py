@@ -197,3 +197,31 @@ def test_attack_a_kserve_server_directly(kserve_upstream: UpstreamProcess, tmp_p
     assert status == 0
     (record,) = [json.loads(line) for line in output.read_text().splitlines()]
     assert record["model"] == "resnet20" and 0 < record["queries"] <= 300
+
+
+def test_square_command_runs_in_both_norms_and_adaptive(
+    keyed_server: ServiceProcess, tmp_path: Path
+) -> None:
+    """``python -m attacks_client square --param norm=2 --param epsilon=1.5`` over HTTP, and
+    the adaptive form (``--repeat 4 --param confirm=3``), within budget and inside the ball."""
+    common = ["--url", keyed_server.url, "--api-key", "cli-key", "--eval-api-key", "eval-key"]
+    common += ["--images", "1", "--budget", "400", "--checkpoints", "400", "--quiet"]
+    runs = {
+        "l2": ["--param", "norm=2", "--param", "epsilon=1.5", "--epsilon", "1.5"],
+        "adaptive": ["--repeat", "4", "--param", "confirm=3", "--epsilon", "1.5"],
+        "linf": ["--param", "norm=inf", "--param", "epsilon=0.3", "--epsilon", "100"],
+    }
+    for name, extra in runs.items():
+        output = tmp_path / f"{name}.jsonl"
+        assert main(["square", *common, *extra, "--output", str(output)]) == 0
+        records = [json.loads(line) for line in output.read_text().splitlines()]
+        assert len(records) == 1
+        for record in records:
+            assert record["attack"] == "square" and record["queries"] <= 400
+            l2 = [v for v in record["l2"] if v is not None]
+            if name != "linf":
+                assert all(v <= 1.5 + 1e-5 for v in l2)
+                assert record["queries"] % 4 == 0 if name == "adaptive" else True
+        # undefended, Square fools the first image (459) within 400 queries at these radii (L2
+        # 1.5: about 50-140 queries, also adaptive; L∞ 0.3: 1)
+        assert records[0]["misclassified"][-1], (name, records[0]["queries"])
