@@ -161,6 +161,8 @@ def _ball_table(
         for endpoint in endpoints:
             c = compare(records, attack, endpoint, images, rule)
             ours, art, n = c["ours"], c["art"], c["n"]
+            if c["left_out"] == {"not run": len(images)}:
+                continue  # a cell this run never measured (e.g. an endpoint left out)
             left = ", ".join(f"{v} {k}" for k, v in c["left_out"].items()) or "0"
             rates = "".join(
                 f" | {_rate(ours['hits'][e], n)} | {_rate(art['hits'][e], n)}"
