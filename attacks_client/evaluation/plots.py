@@ -61,7 +61,8 @@ def plot_median_l2(run: Run, directory: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        slug = "".join(c for c in key.replace(" ", "_") if c.isalnum() or c in "_-")
+        ascii_key = key.replace(" ", "_").replace("ε∞", "eps").replace("ε", "eps")
+        slug = "".join(c for c in ascii_key if c.isascii() and (c.isalnum() or c in "_-"))
         path = directory / f"l2_{slug}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
