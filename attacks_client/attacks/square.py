@@ -53,6 +53,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from attacks_client.attacks.base import Attack, AttackOracle
+from attacks_client.oracles.base import log_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class SquareAttack(Attack):
     def _losses(self, probs: np.ndarray, oracle: AttackOracle) -> tuple[np.ndarray, np.ndarray]:
         """(loss, margin) per row: the margin of log-probabilities (untargeted: the loss too);
         targeted, the cross-entropy of the target and its margin over the best other class."""
-        logp = np.log(np.maximum(probs.astype(np.float64), np.finfo(np.float64).tiny))
+        logp = log_probabilities(probs)
         cls = oracle.target if oracle.target is not None else oracle.label
         others = logp.copy()
         others[:, cls] = -np.inf

@@ -14,6 +14,12 @@ from typing import Protocol
 import numpy as np
 
 
+def log_probabilities(probs: np.ndarray) -> np.ndarray:
+    """``log p`` in float64, a probability of exactly 0 read as the smallest positive double
+    (so margins stay finite)."""
+    return np.log(np.maximum(np.asarray(probs, np.float64), np.finfo(np.float64).tiny))
+
+
 class BudgetExhausted(Exception):
     """The query budget is spent (by the client's own count, or a 429 from the server)."""
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from attacks_client.oracles.base import Oracle, OracleWrapper
+from attacks_client.oracles.base import Oracle, OracleWrapper, log_probabilities
 
 
 class RepeatOracle(OracleWrapper):
@@ -55,8 +55,7 @@ class RepeatOracle(OracleWrapper):
             return self.inner.scores(x)
         probs = self.inner.scores(self._repeat(x))
         if self.mean == "log-probabilities":
-            logp = np.log(np.maximum(probs.astype(np.float64), np.finfo(np.float64).tiny))
-            mean_logp = logp.reshape(len(x), self.repeats, -1).mean(1)
+            mean_logp = log_probabilities(probs).reshape(len(x), self.repeats, -1).mean(1)
             mean_logp -= mean_logp.max(1, keepdims=True)
             geometric = np.exp(mean_logp)
             return (geometric / geometric.sum(1, keepdims=True)).astype(np.float32)
