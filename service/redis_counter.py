@@ -47,7 +47,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from service.accounting import Charge, CounterUnavailable
+from service.accounting import Charge, CounterUnavailable, drain
 from service.metrics import ACCOUNTING_CHARGES_PER_CALL
 from service.redis_scripts import CHARGE_LUA, MAX_CHARGES_PER_CALL, REFUND_LUA
 
@@ -237,22 +237,7 @@ class RedisCounter:
 
     async def _flush(self) -> None:
         """Apply the pending charges, one script call at a time, until none is left."""
-        while self._pending:
-            batch = self._pending[:MAX_CHARGES_PER_CALL]
-            del self._pending[:MAX_CHARGES_PER_CALL]
-            try:
-                await self._apply_by_slot(batch)
-            except BaseException as exc:
-                cancelled = not isinstance(exc, Exception)  # the loop is going away
-                failed = batch + self._pending if cancelled else batch
-                if cancelled:
-                    self._pending = []
-                reason = str(exc) if isinstance(exc, CounterUnavailable) else repr(exc)
-                for pending in failed:
-                    if not pending.waiter.done():
-                        pending.waiter.set_exception(CounterUnavailable(reason))
-                if cancelled:
-                    raise
+        await drain(self._pending, MAX_CHARGES_PER_CALL, self._apply_by_slot)
 
     async def _charge_and_wait(self, keys: list[str], args: list[str | int]) -> Any:
         """The charge script and ``WAIT`` on one connection (a pipeline): the answer comes only

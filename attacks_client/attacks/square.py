@@ -46,6 +46,7 @@ loss was measured once (a winner's curse).
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -97,16 +98,23 @@ def pseudo_gaussian_rectangle(rows: int, cols: int) -> np.ndarray:
     return delta / np.sqrt(np.sum(delta**2))
 
 
-def pseudo_gaussian_bump(side: int, rng: np.random.Generator) -> np.ndarray:
-    """The reference's ``meta_pseudo_gaussian_pert``: two opposite pseudo-Gaussian halves,
-    transposed with probability 1/2, unit L2 norm."""
+@functools.lru_cache(maxsize=64)
+def _bump(side: int) -> np.ndarray:
+    """Two opposite pseudo-Gaussian halves, unit L2 norm (read-only: it is shared)."""
     delta = np.zeros((side, side))
     delta[: side // 2] = pseudo_gaussian_rectangle(side // 2, side)
     delta[side // 2 :] = -pseudo_gaussian_rectangle(side - side // 2, side)
     delta /= np.sqrt(np.sum(delta**2))
-    if rng.random() > 0.5:
-        delta = delta.T
+    delta.flags.writeable = False
     return delta
+
+
+def pseudo_gaussian_bump(side: int, rng: np.random.Generator) -> np.ndarray:
+    """The reference's ``meta_pseudo_gaussian_pert``: two opposite pseudo-Gaussian halves,
+    transposed with probability 1/2, unit L2 norm (a read-only array: the halves depend on
+    the side only, so they are computed once per side)."""
+    delta = _bump(side)
+    return delta.T if rng.random() > 0.5 else delta
 
 
 @dataclass

@@ -56,6 +56,12 @@ def configure_calibrate(parser: argparse.ArgumentParser) -> None:
     rule.add_argument(
         "--accuracy-images", type=int, default=None, help="test images for accuracy (all)"
     )
+    rule.add_argument(
+        "--sigma-hat-images",
+        type=int,
+        default=100,
+        help="images whose margin spread under the noise gives σ̂ (50 draws each)",
+    )
     quick = parser.add_argument_group("the quick attacks")
     quick.add_argument(
         "--attacks", nargs="+", default=list(DEFAULT_ATTACKS), choices=preset_names()
@@ -83,6 +89,7 @@ def plan_of(args: argparse.Namespace) -> CalibrationPlan:
             max_accuracy_drop=args.max_accuracy_drop,
             accuracy_repeats=args.accuracy_repeats,
             accuracy_images=args.accuracy_images,
+            sigma_hat_images=args.sigma_hat_images,
             dataset=args.data,
             seed=args.seed,
             eval_draws=args.eval_draws,
@@ -109,6 +116,8 @@ def command_line(plan: CalibrationPlan, out: Path) -> str:
     parts += ["--accuracy-repeats", str(plan.accuracy_repeats), "--out", str(out)]
     if plan.accuracy_images:
         parts += ["--accuracy-images", str(plan.accuracy_images)]
+    if plan.sigma_hat_images != 100:
+        parts += ["--sigma-hat-images", str(plan.sigma_hat_images)]
     return shlex.join(parts)
 
 

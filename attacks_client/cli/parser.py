@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from attacks_client.cli import calibrate, demo, evaluate, rejudge, report
+from attacks_client.cli import calibrate, demo, evaluate, merge, rejudge, report
 from attacks_client.cli.attack import ATTACK_COMMANDS
 from attacks_client.cli.common import ERR, CliError, Command
 from attacks_client.oracles import OracleError, ScoresUnavailable
@@ -25,6 +25,7 @@ from attacks_client.oracles import OracleError, ScoresUnavailable
 COMMANDS: dict[str, Command] = {
     **ATTACK_COMMANDS,
     "evaluate": evaluate.COMMAND,
+    "merge": merge.COMMAND,
     "rejudge": rejudge.COMMAND,
     "report": report.COMMAND,
     "demo": demo.COMMAND,

@@ -53,6 +53,8 @@ class CalibrationPlan:
     max_accuracy_drop: float = 0.5
     accuracy_repeats: int = 5
     accuracy_images: int | None = None
+    sigma_hat_images: int = 100
+    """Images whose margin spread over 50 noise draws gives σ̂ (Sec. 4.2)."""
     dataset: str = "embedded"
     seed: int = 0
     eval_draws: int = 10
@@ -97,7 +99,7 @@ def calibration_experiment(plan: CalibrationPlan) -> Experiment:
         "accuracy_repeats": plan.accuracy_repeats,
         "accuracy_images": plan.accuracy_images,
         "pmis_samples": 100,
-        "sigma_hat_images": 100,
+        "sigma_hat_images": plan.sigma_hat_images,
         "sigma_hat_draws": 50,
     }
     if plan.url is not None:

@@ -41,6 +41,8 @@ def demo_experiment(images: int, budget: int, sigma: float, epsilon: float) -> E
         accuracy_repeats=1,
         accuracy_images=500,
         pmis_samples=100,
+        sigma_hat_images=20,  # σ̂ over 20 images x 50 draws: enough for a demo's Table 1
+        sigma_hat_draws=50,
     )
 
 

@@ -41,18 +41,42 @@ from attacks_client.evaluation.resume import (
     describe,
     run_lock,
 )
-from attacks_client.oracles import HttpOracle, Oracle, RecordingOracle, RepeatOracle, open_oracle
+from attacks_client.evaluation.shards import Shard, write_shard
+from attacks_client.oracles import (
+    HttpOracle,
+    Oracle,
+    RecordingOracle,
+    RepeatOracle,
+    SharedRequests,
+    open_oracle,
+)
 
 log = logging.getLogger(__name__)
+
+DEFAULT_WORKERS = 32  # runs at once: their queries share requests (benchmarks/bench_grid.py)
 
 
 class Evaluation:
     """One experiment run into ``out_dir``; resumable."""
 
-    def __init__(self, experiment: Experiment, out_dir: Path, urls: dict[str, str]) -> None:
+    def __init__(
+        self,
+        experiment: Experiment,
+        out_dir: Path,
+        urls: dict[str, str],
+        *,
+        share: bool = True,
+        shard: Shard | None = None,
+    ) -> None:
+        """``share``: concurrent runs against one caller of one model share HTTP requests
+        (:class:`SharedRequests`); ``shard``: run only this shard's jobs (and the clean
+        accuracy only in the first)."""
         self.experiment = experiment
         self.out_dir = out_dir
         self.urls = urls
+        self.share = share
+        self.shard = shard
+        self.sharing: dict[tuple[str, str | None, str | None], SharedRequests] = {}
         self._lock = threading.Lock()
         out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -65,11 +89,17 @@ class Evaluation:
     ) -> HttpOracle:
         key = (endpoint.eval_api_key or endpoint.api_key) if evaluator else endpoint.api_key
         model = (endpoint.eval_model or endpoint.model) if evaluator else endpoint.model
+        url = self.urls[endpoint.name]
+        sharing = None
+        if self.share:
+            with self._lock:
+                sharing = self.sharing.setdefault((url, model, key), SharedRequests())
         return open_oracle(  # /predict, or OIP v2 for a v2+http:// URL
-            self.urls[endpoint.name],
+            url,
             model,
             api_key=key,
             output="scores" if scores else "label",
+            sharing=sharing,
         )
 
     # -- images and clean accuracy ------------------------------------------------------------
@@ -89,7 +119,8 @@ class Evaluation:
                 if len(chosen) >= self.experiment.images:
                     break
         chosen = chosen[: self.experiment.images]
-        path.write_text(
+        partial = path.with_suffix(".partial")  # other shards may be waiting for the file
+        partial.write_text(
             json.dumps(
                 {
                     "reference": self.experiment.reference.name,
@@ -98,6 +129,7 @@ class Evaluation:
                 }
             )
         )
+        partial.replace(path)
         return chosen
 
     def clean_accuracy(self, data: ImageSet) -> None:
@@ -161,20 +193,41 @@ class Evaluation:
 
     # -- attacks ------------------------------------------------------------------------------
 
-    def jobs(self, images: list[int]) -> list[tuple[AttackConfig, EndpointConfig, int]]:
+    def jobs(
+        self, images: list[int], block: int = 1
+    ) -> list[tuple[AttackConfig, EndpointConfig, int]]:
+        """The runs still to do (of this shard), image-block-major: every attack and endpoint
+        on ``block`` images before the next block (a run cut short still covers the whole grid
+        on its images), and within a block one (attack, endpoint) on all its images in a row
+        (runs side by side then ask the same model, so their queries share requests)."""
         records = [json.loads(line) for line in read_lines(self.out_dir / RECORDS)]
         self.check_params(records)
         done = {(r["attack"], r["endpoint"], r["image"]) for r in records}
-        # image-major: a run cut short still covers every attack and endpoint on its images
-        return [
-            (a, e, i)
+        exp = self.experiment
+        canonical = [  # image, attack, endpoint: the order shards are dealt in
+            (n, a, e, i)
             for n, i in enumerate(images)
-            for a in self.experiment.attacks
-            for e in self.experiment.endpoints
-            if a.runs_on(e.name)
-            and (a.images is None or n < a.images)
-            and (a.key, e.name, i) not in done
+            for a in exp.attacks
+            for e in exp.endpoints
+            if a.runs_on(e.name) and (a.images is None or n < a.images)
         ]
+        mine = [
+            job
+            for position, job in enumerate(canonical)
+            if (self.shard is None or self.shard.owns(position))
+            and (job[1].key, job[2].name, job[3]) not in done
+        ]
+        attack_rank = {id(a): k for k, a in enumerate(exp.attacks)}
+        endpoint_rank = {id(e): k for k, e in enumerate(exp.endpoints)}
+        mine.sort(
+            key=lambda job: (
+                job[0] // max(1, block),
+                attack_rank[id(job[1])],
+                endpoint_rank[id(job[2])],
+                job[0],
+            )
+        )
+        return [(a, e, i) for _, a, e, i in mine]
 
     def check_params(self, records: list[dict[str, Any]]) -> None:
         """Refuse to resume over records made with other attack parameters than the config's,
@@ -268,8 +321,9 @@ class Evaluation:
     def run(self, workers: int = 1, progress: bool = True) -> None:
         data = load_images(self.experiment.dataset)
         images = self.select_images(data)
-        self.clean_accuracy(data)
-        jobs = self.jobs(images)
+        if self.shard is None or self.shard.first:
+            self.clean_accuracy(data)
+        jobs = self.jobs(images, block=workers)
         log.info("%d records to run (%d workers)", len(jobs), workers)
         bar = tqdm(
             total=len(jobs),
@@ -296,17 +350,26 @@ class Evaluation:
 
 
 def evaluate(
-    experiment: Experiment, out_dir: Path, *, workers: int = 1, progress: bool = True
+    experiment: Experiment,
+    out_dir: Path,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    progress: bool = True,
+    share: bool = True,
+    shard: Shard | None = None,
 ) -> Path:
-    """Run (or resume) an experiment; start the endpoints that ask to be served locally."""
+    """Run (or resume) an experiment, or one ``shard`` of it, with ``workers`` runs at once
+    (sharing HTTP requests unless ``share`` is false); start the endpoints that ask to be
+    served locally."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         stack.enter_context(run_lock(out_dir))
         description = describe(experiment)
         check_resume(out_dir, description)
+        write_shard(out_dir, shard)
         (out_dir / "experiment.json").write_text(json.dumps(description, indent=1))
         urls = serve_endpoints(experiment, stack)
-        Evaluation(experiment, out_dir, urls).run(workers, progress)
+        Evaluation(experiment, out_dir, urls, share=share, shard=shard).run(workers, progress)
     return out_dir
 
 

@@ -24,6 +24,7 @@ from attacks_client.oracles.jitter import JitterOracle
 from attacks_client.oracles.oip import OipOracle
 from attacks_client.oracles.recording import RecordingOracle
 from attacks_client.oracles.repeat import RepeatOracle
+from attacks_client.oracles.sharing import SharedRequests
 
 __all__ = [
     "ArtBridge",
@@ -39,6 +40,7 @@ __all__ = [
     "Refused",
     "RepeatOracle",
     "ScoresUnavailable",
+    "SharedRequests",
     "art_classifier",
     "open_oracle",
 ]

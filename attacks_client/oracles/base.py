@@ -28,6 +28,14 @@ class Refused(BudgetExhausted):
     """The server stopped answering this caller: throttled or suspended by stateful detection."""
 
 
+class BatchTooLarge(Exception):
+    """The server refused a batch over its limit (413; nothing charged): re-chunk and resend."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
 class ScoresUnavailable(Exception):
     """A score-based attack met an endpoint that answers labels only."""
 

@@ -22,16 +22,22 @@ import logging
 import re
 import time
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import httpx
 import numpy as np
 
-from attacks_client.oracles.base import BudgetExhausted, OracleError, Refused, ScoresUnavailable
+from attacks_client.oracles.base import (
+    BatchTooLarge,
+    BudgetExhausted,
+    OracleError,
+    Refused,
+    ScoresUnavailable,
+)
+from attacks_client.oracles.sharing import OutputMode, SharedRequests
 
 log = logging.getLogger(__name__)
 
-OutputMode = Literal["label", "scores"]
 DEFAULT_MAX_BATCH = 256
 
 
@@ -63,7 +69,10 @@ class HttpOracle:
         retries: int = 5,
         verify: bool = True,
         transport: httpx.BaseTransport | None = None,
+        sharing: SharedRequests | None = None,
     ) -> None:
+        """``sharing``: send through a :class:`SharedRequests` with the other oracles of this
+        URL, model, key and protocol (concurrent runs then share HTTP requests)."""
         if output not in ("label", "scores"):
             raise ValueError("output must be 'label' or 'scores'")
         self.url = url.rstrip("/")
@@ -73,6 +82,7 @@ class HttpOracle:
         self.queries = 0
         self.requests = 0
         self.server_queries: int | None = None
+        self.sharing = sharing
         headers = {"X-API-Key": api_key} if api_key else {}
         self._client = httpx.Client(
             base_url=self.url, headers=headers, timeout=timeout, transport=transport
@@ -178,17 +188,33 @@ class HttpOracle:
             chunk = x[start : start + self.max_batch]
             try:
                 payload = self._post_chunk(chunk, output)
-            except _BatchTooLarge as exc:  # nothing was counted: re-chunk and go on
+            except BatchTooLarge as exc:  # nothing was counted: re-chunk and go on
                 self.max_batch = max(1, min(exc.limit or len(chunk) // 2, len(chunk) - 1))
                 log.info("server batch limit is %d images", self.max_batch)
                 continue
-            labels.append(np.asarray(payload["labels"], dtype=np.int64))
+            labels.append(payload["labels"])
             if output == "scores":
-                scores.append(np.asarray(payload["scores"], dtype=np.float32))
+                scores.append(payload["scores"])
             start += len(chunk)
         return np.concatenate(labels), (np.concatenate(scores) if scores else None)
 
-    def _post_chunk(self, chunk: np.ndarray, output: OutputMode) -> dict[str, Any]:
+    def _post_chunk(self, chunk: np.ndarray, output: OutputMode) -> dict[str, np.ndarray]:
+        """``chunk``'s labels (and scores), by a request of its own or a shared one; counted."""
+        if self.sharing is not None:
+            payload, used = self.sharing.exchange(self, chunk, output)
+        else:
+            payload, used = self._exchange(chunk, output)
+        self.queries += len(chunk)
+        self.requests += 1
+        if used is not None:
+            self.server_queries = used
+        return payload
+
+    def _exchange(
+        self, chunk: np.ndarray, output: OutputMode
+    ) -> tuple[dict[str, np.ndarray], int | None]:
+        """One request for ``chunk``, counted by nobody: its ``labels`` (and ``scores``) and
+        the server's ``X-Queries-Used``."""
         buffer = io.BytesIO()
         np.save(buffer, chunk, allow_pickle=False)
         response = self._send(
@@ -198,13 +224,13 @@ class HttpOracle:
             params={"model": self.model, "output": output},
             headers={"Content-Type": "application/x-npy"},
         )
-        self.queries += len(chunk)
-        self.requests += 1
-        used = response.headers.get("x-queries-used")
-        if used is not None and used.isdigit():
-            self.server_queries = int(used)
-        payload: dict[str, Any] = response.json()
-        return payload
+        body = response.json()
+        payload = {"labels": np.asarray(body["labels"], dtype=np.int64)}
+        if output == "scores":
+            payload["scores"] = np.asarray(body["scores"], dtype=np.float32)
+        if len(payload["labels"]) != len(chunk):
+            raise OracleError(f"{self.url} answered {len(payload['labels'])} of {len(chunk)}")
+        return payload, _queries_used(response)
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request with retries on 503; every other failure raised as a typed error."""
@@ -240,7 +266,7 @@ class HttpOracle:
         code, message = self._error_of(response)
         if status == 413 and code == "batch_too_large":
             found = re.search(r"limit (\d+)", message)
-            raise _BatchTooLarge(int(found.group(1)) if found else 0)
+            raise BatchTooLarge(int(found.group(1)) if found else 0)
         if (status, code) in ((429, "throttled"), (403, "suspended")):
             raise Refused(f"the server stopped answering ({code}): {message}")
         if status == 429:
@@ -261,10 +287,9 @@ class HttpOracle:
         raise OracleError(f"{self.url} answered {status} {code}: {message}".rstrip(": "))
 
 
-class _BatchTooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(limit)
-        self.limit = limit
+def _queries_used(response: httpx.Response) -> int | None:
+    used = response.headers.get("x-queries-used")
+    return int(used) if used is not None and used.isdigit() else None
 
 
 def _retry_after(response: httpx.Response) -> float:

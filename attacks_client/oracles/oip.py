@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 
 from attacks_client.oracles.base import OracleError
-from attacks_client.oracles.http import HttpOracle, OutputMode, _error_message
+from attacks_client.oracles.http import HttpOracle, OutputMode, _error_message, _queries_used
 
 log = logging.getLogger(__name__)
 
@@ -118,28 +118,25 @@ class OipOracle(HttpOracle):
                 raise
             log.debug("key check: %s", exc)
 
-    def _post_chunk(self, chunk: np.ndarray, output: OutputMode) -> dict[str, Any]:
+    def _exchange(
+        self, chunk: np.ndarray, output: OutputMode
+    ) -> tuple[dict[str, np.ndarray], int | None]:
         if output == "scores" or self.label_output is None:
             names = [str(self.score_output)] + ([self.label_output] if self.label_output else [])
         else:
             names = [self.label_output]
         body, headers = self._request(chunk, names)
         response = self._send("POST", self._path + "/infer", content=body, headers=headers)
-        self.queries += len(chunk)
-        self.requests += 1
-        used = response.headers.get("x-queries-used")
-        if used is not None and used.isdigit():
-            self.server_queries = int(used)
         arrays = self._outputs(response)
         scores = arrays.get(str(self.score_output))
-        payload: dict[str, Any] = {}
+        payload: dict[str, np.ndarray] = {}
         if scores is not None:
             payload["scores"] = _softmax_unless_probabilities(scores.astype(np.float32))
         label = arrays.get(str(self.label_output))
         payload["labels"] = label if label is not None else payload["scores"].argmax(1)
         if len(payload["labels"]) != len(chunk):
             raise OracleError(f"{self.url} answered {len(payload['labels'])} of {len(chunk)}")
-        return payload
+        return payload, _queries_used(response)
 
     def _outputs(self, response: httpx.Response) -> dict[str, np.ndarray]:
         body = response.content

@@ -11,15 +11,22 @@ Keys (all tagged by the caller, like the counter's, so a caller's state is one c
   (near keys and each query's owner), in one slot: a hot key, meant for shadow measurement.
 
 One ``EVALSHA`` (``service.detection.redis_lua``) per request judges and indexes all its
-images. It uses the counter's connection settings (mode, Sentinel tracking, timeouts) through a
-second, binary client: fingerprints and answers are bytes.
+images. The calls of requests that arrive together are coalesced as the counter's charges are:
+the first one of an event-loop tick schedules a flush, and every call pending by then goes in
+one pipeline (one round trip; on a cluster redis-py sends each node its calls together). It uses
+the counter's connection settings (mode, Sentinel tracking, timeouts) through a second, binary
+client: fingerprints and answers are bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
+from dataclasses import dataclass
 from typing import Any
 
+from service.accounting import CounterUnavailable, drain
 from service.detection.redis_lua import OBSERVE_LUA, SHARED_LUA
 from service.detection.store import (
     BUCKETS,
@@ -31,7 +38,17 @@ from service.detection.store import (
     Verdict,
     bucket_range,
 )
-from service.redis_counter import RedisCounter
+from service.redis_counter import RedisCounter, _no_script
+
+MAX_CALLS_PER_PIPELINE = 64
+
+
+@dataclass
+class _PendingCall:
+    keys: list[str]
+    args: list[Any]
+    waiter: asyncio.Future[Any]
+
 
 SHARED_TAG = "*shared*"  # never a caller id: those are key:<name> or addr:<ip>
 
@@ -48,6 +65,8 @@ class RedisDetectionStore:
         self._redis = counter.binary_client()
         self._observe = self._redis.register_script(OBSERVE_LUA)
         self._shared = self._redis.register_script(SHARED_LUA)
+        self._pending: list[_PendingCall] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     def _key(self, caller: str, name: str) -> str:
         return self._counter.key(caller, name)
@@ -81,7 +100,7 @@ class RedisDetectionStore:
         args: list[Any] = [" ".join(map(str, numbers)), model, len(observations)]
         for o in observations:
             args += [o.exact, b"".join(o.near), o.answer]
-        reply = await self._counter.call(lambda: self._observe(keys=keys, args=args))
+        reply = await self._observe_coalesced(keys, args)
         refused, retry, state = (_text(v) for v in reply[:3])
         verdicts = [
             Verdict(
@@ -93,6 +112,58 @@ class RedisDetectionStore:
             for seq, layer, matched, cached in reply[3:]
         ]
         return Outcome(refused or None, float(retry), verdicts, state)  # type: ignore[arg-type]
+
+    async def _observe_coalesced(self, keys: list[str], args: list[Any]) -> Any:
+        """The observe script's reply, the call sent with the others pending in this tick."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
+        self._pending.append(_PendingCall(keys, args, waiter))
+        flusher = self._flusher
+        if flusher is None or flusher.done() or flusher.get_loop() is not loop:
+            self._flusher = loop.create_task(self._flush())
+        return await waiter
+
+    async def _flush(self) -> None:
+        """Send the pending observe calls, a pipeline at a time, until none is left; a call
+        that fails fails its own request only."""
+        await drain(self._pending, MAX_CALLS_PER_PIPELINE, self._apply)
+
+    async def _apply(self, batch: list[_PendingCall]) -> None:
+        results = await self._counter.call(functools.partial(self._send, batch))
+        for pending, result in zip(batch, results, strict=True):
+            if pending.waiter.done():
+                continue
+            if isinstance(result, Exception):
+                pending.waiter.set_exception(CounterUnavailable(repr(result)))
+            else:
+                pending.waiter.set_result(result)
+
+    async def _send(self, batch: list[_PendingCall]) -> list[Any]:
+        if len(batch) == 1:  # alone: the plain script call (it loads the script if need be)
+            return [await self._observe(keys=batch[0].keys, args=batch[0].args)]
+        return await self._pipelined(batch)
+
+    async def _pipelined(self, batch: list[_PendingCall]) -> list[Any]:
+        """One EVALSHA per call in one pipeline (errors come back as values); a node without
+        the script (a promoted replica, a restart) gets it loaded and its calls once more."""
+
+        async def send(calls: list[_PendingCall]) -> list[Any]:
+            pipe = self._redis.pipeline()
+            for call in calls:
+                # redis-py blocks pipe.evalsha on a cluster; the raw command is routed by keys
+                pipe.execute_command(
+                    "EVALSHA", self._observe.sha, len(call.keys), *call.keys, *call.args
+                )
+            return list(await pipe.execute(raise_on_error=False))
+
+        results = await send(batch)
+        missing = [i for i, r in enumerate(results) if _no_script(r)]
+        if missing:
+            await self._redis.script_load(OBSERVE_LUA)
+            again = await send([batch[i] for i in missing])
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        return results
 
     async def observe_shared(
         self, caller: str, model: str, near: list[list[bytes]], policy: Policy, now: float

@@ -25,8 +25,11 @@ KEYS = {
     "attack-key": "attacker",
     "eval-key": "evaluator",
     "v2-budget-key": "v2budgeted",
+    "share-key": "sharer",
+    "share-budget-key": "sharebudgeted",
+    "shard-key": "sharder",
 }
-BUDGETS = {"budgeted": 50, "v2budgeted": 30}
+BUDGETS = {"budgeted": 50, "v2budgeted": 30, "sharebudgeted": 50}
 LABEL_ONLY_MODEL = "mnist-labels"
 
 

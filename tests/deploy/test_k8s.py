@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from service.config import Settings
 from tests.servers import ROOT
 
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ["base", "overlays/sentinel", "overlays/cluster"]
+OVERLAYS = ["base", "overlays/sentinel", "overlays/cluster"]  # gateways; attacker: below
 VERSION = "1.32.0"
 
 
@@ -123,3 +124,47 @@ def test_the_settings_of_each_overlay_are_real(
     if mode == "cluster":
         (nodes,) = by_kind(docs, "StatefulSet")
         assert nodes["spec"]["replicas"] == 6 and by_kind(docs, "Job")
+
+
+def test_the_attacker_overlay_is_an_indexed_job_of_shards(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """One evaluate shard per completion index, against the gateway's Service, into its own
+    folder of the results volume; the experiment it mounts loads."""
+    docs = render("overlays/attacker")
+    for doc in docs:
+        kubernetes_validate.validate(doc, VERSION, strict=True)
+    (job,) = by_kind(docs, "Job")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert spec["completions"] == spec["parallelism"] == int(env["SHARDS"])
+    script = container["command"][-1]
+    assert '--shard "$shard/$SHARDS"' in script and "JOB_COMPLETION_INDEX + 1" in script
+    subprocess.run(["sh", "-n", "-c", script], check=True)  # the script parses
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (claim,) = by_kind(docs, "PersistentVolumeClaim")
+    assert volumes["results"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert mounts["results"] == "/results" and '--out "/results/shard-$shard"' in script
+    (config,) = by_kind(docs, "ConfigMap")
+    assert volumes["experiment"]["configMap"]["name"] == config["metadata"]["name"]
+    assert f"--config {mounts['experiment']}/experiment.toml" in script
+
+    # the experiment loads with the Job's environment, and asks the base's Service
+    from attacks_client.evaluation.experiment import Experiment
+
+    (secret,) = by_kind(docs, "Secret")
+    for key, value in {**env, **secret["stringData"]}.items():
+        monkeypatch.setenv(key, value)
+    path = tmp_path / "experiment.toml"
+    path.write_text(config["data"]["experiment.toml"])
+    experiment = Experiment.load(path)
+    (service,) = by_kind(render("base"), "Service")
+    assert {e.url for e in experiment.endpoints} == {f"http://{service['metadata']['name']}"}
+    assert service["spec"]["ports"][0]["port"] == 80
+    gateway_keys = json.loads(by_kind(render("base"), "Secret")[0]["stringData"]["SND_API_KEYS"])
+    for raw in secret["stringData"].values():  # the gateway knows both keys
+        assert hashlib.sha256(raw.encode()).hexdigest() in gateway_keys

@@ -88,6 +88,7 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 TINY = shlex.split(
     "--images 2 --budget 150 --attacks simba-dct --accuracy-repeats 2 --accuracy-images 200 "
+    "--sigma-hat-images 10 "
     "--max-accuracy-drop 1 --workers 2 --quiet"
 )
 

@@ -172,3 +172,43 @@ def test_with_the_exact_layer_off_only_near_duplicates_match(store: DetectionSto
     ]
     again = run(store.observe("key:r", "m", [obs(b"", NEAR_A)], policy, 2.0))
     assert (again.verdicts[0].layer, again.verdicts[0].matched) == ("near", 1)
+
+
+def test_concurrent_requests_get_the_verdicts_of_one_by_one_calls(store: DetectionStore) -> None:
+    """Requests that arrive together share one Redis round trip (a pipeline of the script's
+    calls); their verdicts are those of the same calls made one by one, in arrival order."""
+    policy = Policy(store_answers=True)
+    near = [[bytes([i, j]) * 4 for j in range(50)] for i in range(6)]
+    requests = [
+        ("key:c1", [obs(b"a" * 16, near[0], b"c1-a")]),
+        ("key:c2", [obs(b"b" * 16, near[1], b"c2-b")]),
+        ("key:c1", [obs(b"a" * 16, near[0], b"c1-a2"), obs(b"c" * 16, near[2], b"c1-c")]),
+        ("key:c2", [obs(b"d" * 16, near[1], b"c2-d")]),  # a near repeat of c2's first
+        ("key:c3", [obs(b"a" * 16, near[0], b"c3-a")]),  # another caller: no match
+    ]
+
+    async def together() -> list[Any]:
+        return list(
+            await asyncio.gather(*(store.observe(c, "m", o, policy, 10.0) for c, o in requests))
+        )
+
+    sizes: list[int] = []
+    if isinstance(store, RedisDetectionStore):
+        send = store._send
+
+        async def counted(batch: list[Any]) -> list[Any]:
+            sizes.append(len(batch))
+            return await send(batch)
+
+        store._send = counted  # type: ignore[method-assign]
+    outcomes = run(together())
+    if isinstance(store, RedisDetectionStore):
+        assert sizes == [5]  # one round trip for the five requests
+    got = [[(v.seq, v.layer, v.matched, v.cached) for v in o.verdicts] for o in outcomes]
+    assert got == [
+        [(1, None, None, None)],
+        [(1, None, None, None)],
+        [(2, "exact", 1, b"c1-a"), (3, None, None, None)],
+        [(2, "near", 1, b"c2-b")],
+        [(1, None, None, None)],
+    ]
