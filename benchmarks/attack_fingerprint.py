@@ -16,19 +16,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from attacks_client.attacks import ATTACKS as NAMES  # noqa: E402
+from attacks_client.attacks import get_attack  # noqa: E402
+from attacks_client.oracles import FunctionOracle  # noqa: E402
 from service.config import ModelSettings  # noqa: E402
 from service.datasets import mnist_subset  # noqa: E402
 from service.inference import ModelHost  # noqa: E402
-
-try:  # this tree
-    from attacks_client.attacks import ATTACKS as NAMES  # noqa: E402
-    from attacks_client.attacks import get_attack  # noqa: E402
-    from attacks_client.oracles import FunctionOracle  # noqa: E402
-except ImportError:  # a tree from before the layout change (issue 19)
-    from attacks_client.oracle import FunctionOracle  # type: ignore[import-not-found,no-redef]
-
-    from attacks_client.attacks import ATTACK_NAMES as NAMES  # type: ignore[attr-defined,no-redef]
-    from attacks_client.attacks import get_attack  # type: ignore[no-redef]
 
 
 def main() -> None:

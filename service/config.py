@@ -15,11 +15,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.accounting import MAX_BUDGET
 
+DefenseKind = Literal["none", "snd", "rp"]  # service.defenses.build_defense builds each
+
 
 class DefenseSettings(BaseModel):
     """The defense in front of one model."""
 
-    kind: Literal["none", "snd", "rp"] = "snd"
+    kind: DefenseKind = "snd"
     sigma: float = Field(0.01, ge=0.0, le=1.0, description="noise standard deviation (pixels)")
     noise: Literal["gaussian", "uniform", "laplace", "salt_pepper"] = "gaussian"
     sp_amplitude: float = Field(
@@ -146,7 +148,7 @@ class Settings(BaseSettings):
     # single-model shortcut (used when `models` is empty)
     model: str = "resnet20-mnist"
     weights: Path | None = None
-    defense: Literal["none", "snd", "rp"] = "snd"
+    defense: DefenseKind = "snd"
     sigma: float = Field(0.01, ge=0.0, le=1.0)
     noise: Literal["gaussian", "uniform", "laplace", "salt_pepper"] = "gaussian"
     sigma_distribution: Literal["fixed", "beta"] = "fixed"

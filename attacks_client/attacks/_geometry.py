@@ -55,19 +55,6 @@ def dim_noise_init(oracle: AttackOracle, rng: np.random.Generator, tries: int) -
     return None
 
 
-def growing_noise_init(
-    oracle: AttackOracle, rng: np.random.Generator, tries: int, step: float
-) -> np.ndarray | None:
-    """``x0 + k * step * N(0, I)`` for k = 1, 2, ... until adversarial (GeoDA's start)."""
-    x0 = oracle.x0
-    for k in range(1, tries + 1):
-        candidate = clip01(x0 + k * step * rng.standard_normal(x0.shape).astype(np.float32))
-        if oracle.is_adversarial(candidate)[0]:
-            return candidate
-    log.info("no adversarial Gaussian-noise image in %d draws", tries)
-    return None
-
-
 def blend_search(oracle: AttackOracle, x_adv: np.ndarray, threshold: float) -> np.ndarray:
     """Bisection on the blend ``(1 - a) x0 + a x_adv`` down to ``threshold`` in ``a``.
 

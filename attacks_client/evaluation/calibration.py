@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SIGMAS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 DEFAULT_ATTACKS = ("hsja", "simba-dct", "bandit-td", "square", "square-adaptive")
-FILES = ("calibration.md", "calibration.csv", "calibration.png")
 
 
 @dataclass(frozen=True)

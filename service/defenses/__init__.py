@@ -11,8 +11,6 @@ from service.defenses.snd import SmallNoiseDefense
 if TYPE_CHECKING:
     from service.config import DefenseSettings
 
-DEFENSE_KINDS = ("none", "snd", "rp")
-
 
 def build_defense(settings: DefenseSettings) -> Defense:
     """The defense a model's settings ask for."""
@@ -34,7 +32,6 @@ def build_defense(settings: DefenseSettings) -> Defense:
 
 
 __all__ = [
-    "DEFENSE_KINDS",
     "Defense",
     "NoDefense",
     "RandomResizePad",
