@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from typing import Any, get_args, get_origin
 
 import uvicorn
+from pydantic import ValidationError
 
 from service.config import Settings
 
@@ -68,7 +70,13 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     overrides = settings_from_args(args)
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:  # refuse to start, saying which setting is wrong
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        sys.exit(f"snd-gateway: invalid settings: {problems}")
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

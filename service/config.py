@@ -7,6 +7,7 @@ A single model is configured with the flat fields (``SND_MODEL``, ``SND_DEFENSE`
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +15,11 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.accounting import MAX_BUDGET
+
+
+def _is_sha256_hex(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text.lower())
+
 
 DefenseKind = Literal["none", "snd", "rp"]  # service.defenses.build_defense builds each
 
@@ -239,9 +245,38 @@ class Settings(BaseSettings):
     @classmethod
     def _hashes_are_sha256(cls, value: dict[str, str]) -> dict[str, str]:
         for digest in value:
-            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+            if not _is_sha256_hex(digest):
                 raise ValueError("api_keys must map sha256 hex digests to caller names")
         return {digest.lower(): name for digest, name in value.items()}
+
+    @field_validator("admin_token_sha256")
+    @classmethod
+    def _admin_hash_is_sha256(cls, value: str | None) -> str | None:
+        if value is not None and not _is_sha256_hex(value):
+            raise ValueError("admin_token_sha256 must be the sha256 hex digest (64 hex digits)")
+        return None if value is None else value.lower()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: list[str]) -> list[str]:
+        networks = []
+        for entry in value:
+            try:
+                networks.append(str(ipaddress.ip_network(entry, strict=False)))
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {entry!r} is not an IP address or CIDR network"
+                ) from None
+        return networks
+
+    @model_validator(mode="after")
+    def _throttle_before_suspend(self) -> Settings:
+        if self.detection_throttle_after >= self.detection_suspend_after:
+            raise ValueError(
+                "detection_throttle_after must be below detection_suspend_after "
+                f"({self.detection_throttle_after} >= {self.detection_suspend_after})"
+            )
+        return self
 
     @field_validator("budgets")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -65,7 +66,16 @@ def test_several_models_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [{"sigma": -1}, {"defense": "magic"}, {"api_keys": {"short": "alice"}}]
+    "bad",
+    [
+        {"sigma": -1},
+        {"defense": "magic"},
+        {"api_keys": {"short": "alice"}},
+        {"trusted_proxies": ["10.0.0.0/8 "]},  # a stray space: was a 500 on every request
+        {"trusted_proxies": ["proxy.internal"]},
+        {"admin_token_sha256": "admin-secret"},  # the token itself, not its hash
+        {"detection_throttle_after": 100, "detection_suspend_after": 100},
+    ],
 )
 def test_invalid_settings_are_refused(bad: dict) -> None:
     with pytest.raises(ValidationError):
@@ -100,3 +110,25 @@ def test_a_model_has_a_zoo_network_or_an_upstream() -> None:
     ):
         with pytest.raises(ValidationError):
             Settings(models=[wrong])
+
+
+def test_proxy_networks_are_normalized() -> None:
+    settings = Settings(trusted_proxies=["10.1.2.3/8", "::1"], admin_token_sha256="AB" * 32)
+    assert settings.trusted_proxies == ["10.0.0.0/8", "::1/128"]
+    assert settings.admin_token_sha256 == "ab" * 32
+
+
+def test_the_server_refuses_to_start_with_a_clear_message() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SND_")}
+    env["SND_TRUSTED_PROXIES"] = '["10.0.0.0/8 "]'
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "invalid settings: trusted_proxies" in done.stderr
+    assert "'10.0.0.0/8 ' is not an IP address or CIDR network" in done.stderr
+    assert "Traceback" not in done.stderr
