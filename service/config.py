@@ -16,6 +16,24 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.accounting import MAX_BUDGET
 
+# the one-model flags, ignored when ``models`` is given
+FLAT_MODEL_FIELDS = frozenset(
+    {
+        "model",
+        "weights",
+        "defense",
+        "sigma",
+        "noise",
+        "sigma_distribution",
+        "alpha",
+        "beta",
+        "clip",
+        "label_only",
+        "hide_defense_params",
+        "detection",
+    }
+)
+
 
 def _is_sha256_hex(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text.lower())
@@ -297,6 +315,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fill_models(self) -> Settings:
+        flat = sorted(FLAT_MODEL_FIELDS & self.model_fields_set)
+        if self.models and flat:
+            given = ", ".join("SND_" + name.upper() for name in flat)
+            raise ValueError(
+                f"models (SND_MODELS) lists the served models; {given} would be ignored: set "
+                "them per model in models instead"
+            )
         if not self.models:
             self.models = [
                 ModelSettings(

@@ -75,6 +75,8 @@ def test_several_models_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
         {"trusted_proxies": ["proxy.internal"]},
         {"admin_token_sha256": "admin-secret"},  # the token itself, not its hash
         {"detection_throttle_after": 100, "detection_suspend_after": 100},
+        # a flat flag beside the models list was silently ignored
+        {"sigma": 0.05, "models": [{"name": "m", "zoo": "resnet20-mnist"}]},
     ],
 )
 def test_invalid_settings_are_refused(bad: dict) -> None:
