@@ -205,29 +205,20 @@ class Evaluation:
         done = {(r["attack"], r["endpoint"], r["image"]) for r in records}
         exp = self.experiment
         canonical = [  # image, attack, endpoint: the order shards are dealt in
-            (n, a, e, i)
+            (n, k, m, i)
             for n, i in enumerate(images)
-            for a in exp.attacks
-            for e in exp.endpoints
+            for k, a in enumerate(exp.attacks)
+            for m, e in enumerate(exp.endpoints)
             if a.runs_on(e.name) and (a.images is None or n < a.images)
         ]
         mine = [
             job
             for position, job in enumerate(canonical)
             if (self.shard is None or self.shard.owns(position))
-            and (job[1].key, job[2].name, job[3]) not in done
+            and (exp.attacks[job[1]].key, exp.endpoints[job[2]].name, job[3]) not in done
         ]
-        attack_rank = {id(a): k for k, a in enumerate(exp.attacks)}
-        endpoint_rank = {id(e): k for k, e in enumerate(exp.endpoints)}
-        mine.sort(
-            key=lambda job: (
-                job[0] // max(1, block),
-                attack_rank[id(job[1])],
-                endpoint_rank[id(job[2])],
-                job[0],
-            )
-        )
-        return [(a, e, i) for _, a, e, i in mine]
+        mine.sort(key=lambda job: (job[0] // max(1, block), job[1], job[2], job[0]))
+        return [(exp.attacks[k], exp.endpoints[m], i) for _, k, m, i in mine]
 
     def check_params(self, records: list[dict[str, Any]]) -> None:
         """Refuse to resume over records made with other attack parameters than the config's,
