@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
         )
         sys.exit(f"snd-gateway: invalid settings: {problems}")
+    problem = settings.detection_needs_a_secret(args.workers)
+    if problem:
+        sys.exit(f"snd-gateway: invalid settings: detection_secret: {problem}")
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -51,6 +51,10 @@ class QueryCounter(Protocol):
 
     async def callers(self) -> list[str]: ...
 
+    async def usages(self, callers: list[str]) -> list[tuple[dict[str, int], int | None]]:
+        """Each caller's per-model counts and admin budget, in one backend round trip."""
+        ...
+
     async def reset(self, caller: str) -> None: ...
 
     async def get_budget(self, caller: str) -> int | None:
@@ -93,6 +97,9 @@ class MemoryCounter:
 
     async def callers(self) -> list[str]:
         return sorted(c for c, counts in self._counts.items() if any(counts.values()))
+
+    async def usages(self, callers: list[str]) -> list[tuple[dict[str, int], int | None]]:
+        return [(await self.usage(c), self._budgets.get(c)) for c in callers]
 
     async def reset(self, caller: str) -> None:
         async with self._lock:

@@ -32,6 +32,9 @@ def build_counter(settings: Settings) -> QueryCounter:
             master_name=settings.redis_master_name,
             prefix=settings.redis_prefix,
             wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+            token_ttl_s=settings.redis_token_ttl_s,
+            master_check_s=settings.redis_sentinel_check_s,
             timeout=settings.redis_timeout_s,
         )
     log.info("no redis_url: counting in memory (single process only)")
@@ -58,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.runtime = None
             await counter.close()
+            if store is not None:
+                await store.close()
             await pool.aclose()
 
     app = FastAPI(

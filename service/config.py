@@ -230,6 +230,15 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(
         0.5, gt=0.0, description="connect and operation timeout of Redis calls (seconds)"
     )
+    redis_wait_timeout_ms: int = Field(
+        200, ge=1, description="with redis_wait_replicas: longest WAIT before the call fails"
+    )
+    redis_token_ttl_s: int = Field(
+        30, ge=1, description="how long an idempotency token (charge, refund, detection) is kept"
+    )
+    redis_sentinel_check_s: float = Field(
+        0.25, gt=0.0, description="sentinel mode: how often the Sentinels are asked for the primary"
+    )
     api_keys: dict[str, str] = Field(
         default_factory=dict, description="sha256(key) hex -> caller name; empty = open"
     )
@@ -288,6 +297,32 @@ class Settings(BaseSettings):
         return networks
 
     @model_validator(mode="after")
+    def _batch_fits_the_queue(self) -> Settings:
+        if self.max_batch > self.queue_max_images:
+            raise ValueError(
+                f"max_batch ({self.max_batch}) must not exceed queue_max_images "
+                f"({self.queue_max_images}): a full request could never be queued"
+            )
+        return self
+
+    def detection_needs_a_secret(self, workers: int = 1) -> str | None:
+        """Why this server needs ``detection_secret`` and lacks it, else ``None``: without it
+        each process fingerprints with its own random key, so matches never cross processes
+        (several workers) and state kept in Redis is unreadable after a restart."""
+        if self.detection_secret is not None:
+            return None
+        if all(m.detection.action == "off" for m in self.models):
+            return None
+        if self.redis_url or self.redis_mode == "sentinel":
+            return "detection state is kept in Redis: set detection_secret (SND_DETECTION_SECRET)"
+        if workers > 1:
+            return (
+                f"{workers} workers detect: set detection_secret (SND_DETECTION_SECRET) so "
+                "their fingerprints match across workers"
+            )
+        return None
+
+    @model_validator(mode="after")
     def _throttle_before_suspend(self) -> Settings:
         if self.detection_throttle_after >= self.detection_suspend_after:
             raise ValueError(
@@ -344,6 +379,13 @@ class Settings(BaseSettings):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError("model names must be unique")
+        return self
+
+    @model_validator(mode="after")
+    def _detection_secret_where_shared(self) -> Settings:
+        problem = self.detection_needs_a_secret()
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property

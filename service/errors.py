@@ -1,5 +1,8 @@
 """One JSON error shape for every failure: ``{"error": {"code": ..., "message": ...}}``; on the
-Open Inference Protocol's ``/v2`` paths the protocol's own ``{"error": "<message>"}``."""
+Open Inference Protocol's ``/v2`` paths the protocol's own ``{"error": "<message>"}`` with the same
+stable ``code`` beside it: ``{"error": "<message>", "code": "<code>"}``. A fault has one code on
+both protocols (the table "Errors" in the README); the status follows each protocol's
+convention."""
 
 from __future__ import annotations
 
@@ -28,6 +31,16 @@ class ApiError(Exception):
         self.headers = headers
 
 
+def counter_unavailable(retry_after_s: int) -> ApiError:
+    """503: the query counter (or the detection store in its Redis) cannot be reached."""
+    return ApiError(
+        503,
+        "counter_unavailable",
+        "query accounting is unavailable; try again later",
+        {"Retry-After": str(retry_after_s)},
+    )
+
+
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message}}
 
@@ -51,12 +64,21 @@ ERROR_SCHEMA = {
 }
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
-    """OpenAPI ``responses`` entries for the error statuses a route can return."""
+OIP_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error", "code"],
+    "properties": {"error": {"type": "string"}, "code": {"type": "string"}},
+}
+
+
+def error_responses(*statuses: int, oip: bool = False) -> dict[int | str, dict[str, object]]:
+    """OpenAPI ``responses`` entries for the error statuses a route can return (``oip``: in the
+    Open Inference Protocol's shape)."""
+    schema = OIP_ERROR_SCHEMA if oip else ERROR_SCHEMA
     return {
         status: {
             "description": "error",
-            "content": {"application/json": {"schema": ERROR_SCHEMA}},
+            "content": {"application/json": {"schema": schema}},
         }
         for status in statuses
     }
@@ -75,9 +97,9 @@ def render(
     message: str,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    """The error in the shape of the path's protocol."""
+    """The error in the shape of the path's protocol, with the same code on both."""
     if is_oip(request):
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
+        return JSONResponse({"error": message, "code": code}, status_code=status, headers=headers)
     return error_response(status, code, message, headers)
 
 

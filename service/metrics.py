@@ -113,7 +113,9 @@ def _error_code(exc: Exception, response: Any) -> str:
     if isinstance(exc, ApiError):
         return exc.code
     try:
-        return str(json.loads(response.body)["error"]["code"])
+        body = json.loads(response.body)
+        error = body["error"]  # /predict: {"error": {"code", ...}}; /v2: {"error", "code"}
+        return str(error["code"] if isinstance(error, dict) else body["code"])
     except (AttributeError, KeyError, TypeError, ValueError):
         return "unknown"
 

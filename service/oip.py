@@ -41,9 +41,17 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 MAX_JSON_HEADER = 1 << 20  # the JSON part of a binary request: names and shapes, not pixels
 
 
-def bad(message: str, status: int = 400) -> ApiError:
-    """An OIP error (rendered ``{"error": message}`` on ``/v2`` paths)."""
-    return ApiError(status, "invalid_request", message)
+def bad(message: str, code: str = "invalid_request") -> ApiError:
+    """A request the protocol's decoding refuses: 400, the protocol's status for a failed
+    inference request (rendered ``{"error": message, "code": code}`` on ``/v2`` paths). ``code``
+    is the one ``/predict`` gives the same fault (``service/codec.py``): a NaN literal is
+    ``non_finite``, booleans in the data ``bad_array``, an unknown field ``invalid_request``
+    on both."""
+    return ApiError(400, code, message)
+
+
+class _Constant(ValueError):
+    """A ``NaN``/``Infinity`` literal: not JSON, and not a pixel value either."""
 
 
 @dataclass(frozen=True)
@@ -70,24 +78,32 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         head, tail = body, b""
     else:
         if not header_length.strip().isdigit():
-            raise bad("Inference-Header-Content-Length must be a non-negative integer")
+            raise bad(
+                "Inference-Header-Content-Length must be a non-negative integer", "malformed_body"
+            )
         size = int(header_length)
         if size > len(body) or size > MAX_JSON_HEADER:
-            raise bad(f"Inference-Header-Content-Length {size} exceeds the body or the limit")
+            raise bad(
+                f"Inference-Header-Content-Length {size} exceeds the body or the limit",
+                "malformed_body",
+            )
         head, tail = body[:size], body[size:]
     try:
         payload = json.loads(head, parse_constant=_no_constants)
     except RecursionError:
-        raise bad("the JSON is nested too deeply") from None
+        raise bad("the JSON is nested too deeply", "malformed_json") from None
+    except _Constant as exc:
+        raise bad(f"the inference request holds {exc}", "non_finite") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise bad(f"the body is not a valid inference request: {str(exc)[:200]}") from None
+        message = f"the body is not a valid inference request: {str(exc)[:200]}"
+        raise bad(message, "malformed_json") from None
     if not isinstance(payload, dict):
         raise bad("an inference request is a JSON object")
     return payload, tail
 
 
 def _no_constants(token: str) -> float:
-    raise ValueError(f"{token} is not a valid number here")
+    raise _Constant(f"{token}, not a valid pixel value")
 
 
 def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
@@ -108,9 +124,9 @@ def _shape(value: Any, where: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 31 for d in value
     ):
-        raise bad(f"{where}: shape must be a list of non-negative integers")
+        raise bad(f"{where}: shape must be a list of non-negative integers", "bad_shape")
     if len(value) > 8:
-        raise bad(f"{where}: shape has too many dimensions")
+        raise bad(f"{where}: shape has too many dimensions", "bad_shape")
     return tuple(value)
 
 
@@ -128,11 +144,12 @@ def json_tensor(data: Any, shape: tuple[int, ...], dtype: np.dtype[Any], where: 
         else:
             flat.append(item)
     if not all(type(v) in (int, float) for v in flat):
-        raise bad(f"{where}: data must be numbers (not booleans, strings or null)")
+        raise bad(f"{where}: data must be numbers (not booleans, strings or null)", "bad_array")
     if len(flat) != math.prod(shape):
         raise bad(
             f"{where}: data has {len(flat)} elements but shape {list(shape)} needs "
-            f"{math.prod(shape)}"
+            f"{math.prod(shape)}",
+            "shape_mismatch",
         )
     try:
         return np.asarray(flat, dtype=np.float64).astype(dtype).reshape(shape)
@@ -168,28 +185,38 @@ def decode_infer(body: bytes, header_length: str | None, input_name: str) -> Inf
     where = f"input {input_name!r}"
     datatype = tensor.get("datatype")
     if datatype not in ("FP32", "FP64", "FP16"):
-        raise bad(f"{where}: datatype must be FP32 (or FP64, FP16), got {datatype!r}")
+        raise bad(f"{where}: datatype must be FP32 (or FP64, FP16), got {datatype!r}", "bad_dtype")
     dtype = DATATYPES[datatype]
     shape = _shape(tensor.get("shape"), where)
     size = _parameters(tensor, where).get("binary_data_size")
     if size is not None:
         if header_length is None:
-            raise bad(f"{where}: binary_data_size needs the Inference-Header-Content-Length header")
+            raise bad(
+                f"{where}: binary_data_size needs the Inference-Header-Content-Length header",
+                "malformed_body",
+            )
         expected = math.prod(shape) * dtype.itemsize
         if not isinstance(size, int) or isinstance(size, bool) or size != expected:
             raise bad(
                 f"{where}: binary_data_size {size!r} must be {expected} for shape "
-                f"{list(shape)} of {datatype}"
+                f"{list(shape)} of {datatype}",
+                "shape_mismatch",
             )
         if len(tail) != size:
-            raise bad(f"{where}: {len(tail)} bytes of binary data follow the JSON, {size} stated")
+            raise bad(
+                f"{where}: {len(tail)} bytes of binary data follow the JSON, {size} stated",
+                "shape_mismatch",
+            )
         images = np.frombuffer(tail, dtype=dtype).reshape(shape)
     else:
         if tail:
-            raise bad("binary data follows the JSON but no input states binary_data_size")
+            raise bad(
+                "binary data follows the JSON but no input states binary_data_size",
+                "malformed_body",
+            )
         images = json_tensor(tensor.get("data"), shape, dtype, where)
     if "outputs" in payload and payload["outputs"] is None:
-        raise bad("outputs must be a list of requested outputs (or absent)")
+        raise bad("outputs must be a list of requested outputs (or absent)", "unknown_output")
     outputs, binary = _requested_outputs(payload.get("outputs"))
     return InferRequest(
         images.astype(np.float32, copy=False), request_id, outputs, binary, binary_default
@@ -200,12 +227,14 @@ def _requested_outputs(value: Any) -> tuple[tuple[str, ...] | None, dict[str, bo
     if value is None:
         return None, {}
     if not isinstance(value, list) or not value:
-        raise bad("outputs must be a non-empty list of requested outputs")
+        raise bad("outputs must be a non-empty list of requested outputs", "unknown_output")
     names, binary = [], {}
     for item in value:
         if not isinstance(item, dict) or item.get("name") not in OUTPUT_NAMES:
             name = item.get("name") if isinstance(item, dict) else item
-            raise bad(f"unknown output {name!r}; outputs: {', '.join(OUTPUT_NAMES)}")
+            raise bad(
+                f"unknown output {name!r}; outputs: {', '.join(OUTPUT_NAMES)}", "unknown_output"
+            )
         name = item["name"]
         flag = _flag(_parameters(item, f"output {name!r}"), "binary_data", f"output {name!r}")
         if flag is not None:

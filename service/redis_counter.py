@@ -1,11 +1,10 @@
 """``RedisCounter``: the multi-process ``QueryCounter``, with Redis as the source of truth.
 
-Three deployments, one class (``mode``): ``standalone`` (one ``redis://`` URL), ``sentinel``
-(``redis.asyncio.sentinel``: the Sentinel addresses and the master's name; the client follows a
-failover to the promoted replica) and ``cluster`` (``redis.asyncio.cluster.RedisCluster`` from
-any node's URL). Keys (``prefix`` defaults to ``snd:``): every key of one caller carries the
-caller as its hash tag, so a caller's keys live in one Redis Cluster slot and one script call
-can touch them all:
+Three deployments, one class (``mode``): ``standalone``, ``sentinel`` (the client follows a
+failover to the promoted replica) and ``cluster``; ``service.redis_connections`` makes the
+clients, the counter's and detection's alike. Keys (``prefix`` defaults to ``snd:``): every key
+of one caller carries the caller as its hash tag, so a caller's keys live in one Redis Cluster
+slot and one script call can touch them all:
 
 * ``{prefix}{<caller>}:usage`` hash ``model -> images answered``;
 * ``{prefix}{<caller>}:budget`` the budget set through the admin API (overrides the settings);
@@ -32,41 +31,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-import redis.asyncio as redis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from service.accounting import Charge, CounterUnavailable, drain
 from service.metrics import ACCOUNTING_CHARGES_PER_CALL
+from service.redis_connections import RedisConnections, RedisMode, no_script
 from service.redis_scripts import CHARGE_LUA, MAX_CHARGES_PER_CALL, REFUND_LUA
 
 log = logging.getLogger(__name__)
-
-RedisMode = Literal["standalone", "sentinel", "cluster"]
-
-
-def _no_script(result: Any) -> bool:
-    """A pipelined EVALSHA that met a node without the script (as redis-py reports it)."""
-    text = f"{type(result).__name__} {result}"
-    return isinstance(result, Exception) and ("NOSCRIPT" in text or "NoScript" in text)
-
-
-def _host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"a Sentinel address is host:port, got {address!r}")
-    return host, int(port)
 
 
 @dataclass
@@ -106,41 +84,19 @@ class RedisCounter:
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self.prefix = prefix
-        self.master_check_s = master_check_s
-        self._master_name = master_name
-        self._master: tuple[str, int] | None = None
-        self._master_checked = -math.inf
         self.token_ttl_s = token_ttl_s
         self.mode = mode
-        self._url, self._timeout = url, timeout
-        common: dict[str, Any] = {
-            "decode_responses": True,
-            "socket_connect_timeout": timeout,
-            "socket_timeout": timeout,
-        }
-        # one immediate retry on a fresh connection: pooled sockets die when Redis restarts or
-        # fails over; the charge token makes a retried script count once
-        retry = Retry(NoBackoff(), 1)
-        self._redis: Any
-        if mode == "standalone":
-            if not url:
-                raise ValueError("standalone Redis needs a redis:// URL")
-            self._redis = redis.Redis.from_url(url, retry=retry, health_check_interval=0, **common)
-        elif mode == "sentinel":
-            if not sentinels:
-                raise ValueError("Sentinel mode needs the Sentinel addresses (host:port)")
-            self._sentinel = Sentinel(
-                [_host_port(a) for a in sentinels],
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-            )
-            self._redis = self._sentinel.master_for(master_name, retry=retry, **common)
-        elif mode == "cluster":
-            if not url:
-                raise ValueError("cluster mode needs the URL of one of its nodes")
-            self._redis = RedisCluster.from_url(url, **common)
-        else:
-            raise ValueError(f"unknown Redis mode {mode!r}")
+        self.connections = RedisConnections(
+            url,
+            mode=mode,
+            sentinels=sentinels,
+            master_name=master_name,
+            timeout=timeout,
+            master_check_s=master_check_s,
+        )
+        # it retries a call once on a fresh connection: the charge token makes a retried
+        # script count once
+        self._redis: Any = self.connections.client(decode=True)
         self._charge = self._redis.register_script(CHARGE_LUA)
         self._refund = self._redis.register_script(REFUND_LUA)
         self._up = True
@@ -176,29 +132,13 @@ class RedisCounter:
                 await self._redis.script_load(CHARGE_LUA)  # on every primary
                 self._cluster_ready = True
 
-    async def _follow_master(self) -> None:
-        """Sentinel mode: ask the Sentinels for the primary at most every ``master_check_s``
-        and drop every connection when it moved. redis-py finds the primary only when it opens
-        a connection, and after ``SENTINEL FAILOVER`` the old primary keeps accepting writes
-        until the Sentinels demote it (seconds): without this check a gateway would go on
-        charging the old primary, whose counts the resync then throws away."""
-        if self.mode != "sentinel":
-            return
-        now = time.monotonic()
-        if now - self._master_checked < self.master_check_s:
-            return
-        self._master_checked = now
-        address = await self._sentinel.discover_master(self._master_name)
-        if self._master is not None and tuple(address) != self._master:
-            log.warning("the Sentinels moved the primary to %s:%s: reconnecting", *address)
-            await self._redis.connection_pool.disconnect()
-        self._master = (str(address[0]), int(address[1]))
-
     async def call(self, operation: Callable[[], Awaitable[Any]]) -> Any:
-        """Run one Redis operation; backend failures become ``CounterUnavailable``."""
+        """Run one Redis operation; backend failures become ``CounterUnavailable``. In Sentinel
+        mode every client of ``connections`` first follows a moved primary (without it a
+        gateway would go on charging the old primary, whose counts the resync throws away)."""
         try:
             await self._initialized()
-            await self._follow_master()
+            await self.connections.follow_master()
             result = await operation()
         except (RedisError, OSError) as exc:
             if self._up:
@@ -266,7 +206,7 @@ class RedisCounter:
             by_slot.setdefault(pending.slot, []).append(pending)
         groups = list(by_slot.values())
         results = await self.call(lambda: self._pipelined(groups))
-        missing = [i for i, r in enumerate(results) if _no_script(r)]
+        missing = [i for i, r in enumerate(results) if no_script(r)]
         if missing:  # a promoted replica without the script: load it everywhere, retry once
             await self.call(lambda: self._redis.script_load(CHARGE_LUA))
             again = await self.call(lambda: self._pipelined([groups[i] for i in missing]))
@@ -331,6 +271,26 @@ class RedisCounter:
         )
         return {model: int(c) for model, c in sorted(counts.items()) if int(c)}
 
+    async def usages(self, callers: list[str]) -> list[tuple[dict[str, int], int | None]]:
+        """One pipeline: each caller's usage hash and budget (a cluster pipeline sends each
+        node its callers' reads together)."""
+
+        async def read() -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            for caller in callers:
+                pipe.hgetall(self._usage_key(caller))
+                pipe.get(self._budget_key(caller))
+            return list(await pipe.execute())
+
+        replies = await self.call(read) if callers else []
+        return [
+            (
+                {model: int(c) for model, c in sorted(counts.items()) if int(c)},
+                None if budget is None else int(budget),
+            )
+            for counts, budget in zip(replies[::2], replies[1::2], strict=True)
+        ]
+
     async def callers(self) -> list[str]:
         return await self.scan_callers(":usage")
 
@@ -348,15 +308,9 @@ class RedisCounter:
         return sorted(await self.call(scan))
 
     def binary_client(self) -> Any:
-        """A client of the same Redis (mode, Sentinel primary, timeouts) answering bytes."""
-        common: dict[str, Any] = dict.fromkeys(
-            ("socket_connect_timeout", "socket_timeout"), self._timeout
-        )
-        if self.mode == "sentinel":
-            return self._sentinel.master_for(self._master_name, **common)
-        if self.mode == "cluster":
-            return RedisCluster.from_url(str(self._url), **common)
-        return redis.Redis.from_url(str(self._url), retry=Retry(NoBackoff(), 1), **common)
+        """A client of the same Redis answering bytes; it follows the primary with the
+        counter's (``call``) and is closed with ``connections.close``."""
+        return self.connections.client(decode=False)
 
     async def reset(self, caller: str) -> None:
         await self.call(lambda: self._redis.delete(self._usage_key(caller)))
@@ -379,7 +333,4 @@ class RedisCounter:
             return False
 
     async def close(self) -> None:
-        try:
-            await self._redis.aclose()
-        except (RedisError, OSError):
-            log.debug("closing the redis pool failed", exc_info=True)
+        await self.connections.close(self._redis)

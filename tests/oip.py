@@ -73,12 +73,16 @@ def outputs_of(response: httpx.Response) -> tuple[dict[str, Any], dict[str, np.n
     return head, arrays
 
 
-def assert_oip_error(response: httpx.Response, status: int) -> str:
-    """The protocol's error shape, ``{"error": "<message>"}`` and nothing else."""
+def assert_oip_error(response: httpx.Response, status: int, code: str | None = None) -> str:
+    """The protocol's error shape, ``{"error": "<message>"}``, with the gateway's stable
+    ``code`` (the one ``/predict`` gives the same fault) beside it, and nothing else."""
     assert response.status_code == status, (response.status_code, response.text[:300])
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
-    assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"], body
+    assert set(body) == {"error", "code"} and isinstance(body["error"], str) and body["error"], body
+    assert isinstance(body["code"], str) and body["code"], body
+    if code is not None:
+        assert body["code"] == code, body
     return str(body["error"])
 
 

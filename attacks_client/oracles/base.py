@@ -21,11 +21,13 @@ def log_probabilities(probs: np.ndarray) -> np.ndarray:
 
 
 class BudgetExhausted(Exception):
-    """The query budget is spent (by the client's own count, or a 429 from the server)."""
+    """The query budget is spent: by the client's own count, or the server's refusal with code
+    ``budget_exhausted`` (a 429 without a code, from a foreign server)."""
 
 
 class Refused(BudgetExhausted):
-    """The server stopped answering this caller: throttled or suspended by stateful detection."""
+    """The server stopped answering this caller: throttled (429) or suspended (403) by stateful
+    detection, codes ``throttled`` and ``suspended``."""
 
 
 class BatchTooLarge(Exception):
@@ -37,7 +39,7 @@ class BatchTooLarge(Exception):
 
 
 class ScoresUnavailable(Exception):
-    """A score-based attack met an endpoint that answers labels only."""
+    """A score-based attack met an endpoint that answers labels only (code ``label_only``)."""
 
 
 class OracleError(RuntimeError):

@@ -7,12 +7,15 @@
 * Counting: every image sent in an answered request is one query; the count equals the server's
   (``X-Queries-Used``, remembered in :attr:`HttpOracle.server_queries`). The optional client-side
   ``budget`` is enforced *before* sending: a batch that does not fit raises
-  :class:`~attacks_client.oracles.BudgetExhausted` and sends nothing. A 429 from the server is
-  ``BudgetExhausted`` too; a caller throttled or suspended by stateful detection is
-  :class:`~attacks_client.oracles.Refused` (a ``BudgetExhausted``: the attack ends there).
+  :class:`~attacks_client.oracles.BudgetExhausted` and sends nothing.
+* Refusals are mapped by the error's stable ``code`` (the same on ``/predict`` and ``/v2``;
+  :data:`REFUSALS`): ``budget_exhausted`` is ``BudgetExhausted``, ``label_only``
+  :class:`~attacks_client.oracles.ScoresUnavailable`, a caller ``throttled`` or ``suspended``
+  by stateful detection :class:`~attacks_client.oracles.Refused` (a ``BudgetExhausted``: the
+  attack ends there, and a shared request is not resent run by run). Only an error without a
+  code the oracle knows (a foreign server) is read by its status: 429 is ``BudgetExhausted``.
 * Failures an attack cannot recover from are :class:`~attacks_client.oracles.OracleError` with a
-  one-line message; asking a label-only model for scores is
-  :class:`~attacks_client.oracles.ScoresUnavailable`. A 503 is retried after ``Retry-After``.
+  one-line message. A 503 is retried after ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -39,15 +42,26 @@ from attacks_client.oracles.sharing import OutputMode, SharedRequests
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 256
+# the refusals an attack reacts to, by the error's code
+REFUSALS: dict[str, type[Exception]] = {
+    "budget_exhausted": BudgetExhausted,
+    "label_only": ScoresUnavailable,
+    "throttled": Refused,
+    "suspended": Refused,
+}
 
 
 def _error_message(response: httpx.Response) -> tuple[str, str]:
-    """``(code, message)`` of the service's JSON error body, ``("", message)`` for the Open
-    Inference Protocol's ``{"error": "<message>"}`` (or the raw text)."""
+    """``(code, message)`` of the service's JSON error body (``/predict``'s
+    ``{"error": {"code", "message"}}``, or the Open Inference Protocol's
+    ``{"error": "<message>", "code": "<code>"}``); ``""`` as the code where the body has none
+    (a foreign server's ``{"error": "<message>"}``, or the raw text)."""
     try:
-        error = response.json()["error"]
+        body = response.json()
+        error = body["error"]
         if isinstance(error, str):
-            return "", error
+            code = body.get("code")
+            return (code if isinstance(code, str) else ""), error
         return str(error.get("code", "")), str(error.get("message", ""))
     except Exception:
         return "", response.text.strip()[:200]
@@ -262,19 +276,22 @@ class HttpOracle:
         return _error_message(response)
 
     def _raise_for(self, response: httpx.Response) -> None:
+        """The typed error of a refusal: by its code (:data:`REFUSALS`), by its status only
+        where the body has no code this oracle knows."""
         status = response.status_code
         code, message = self._error_of(response)
         if status == 413 and code == "batch_too_large":
             found = re.search(r"limit (\d+)", message)
             raise BatchTooLarge(int(found.group(1)) if found else 0)
-        if (status, code) in ((429, "throttled"), (403, "suspended")):
+        refusal = REFUSALS.get(code)
+        if refusal is Refused:
             raise Refused(f"the server stopped answering ({code}): {message}")
-        if status == 429:
+        if refusal is BudgetExhausted or (refusal is None and status == 429):
             raise BudgetExhausted(f"the server refused the batch: {message}")
+        if refusal is ScoresUnavailable:
+            raise ScoresUnavailable(message)
         if status == 401:
             raise OracleError(f"{self.url} refused the API key ({code or status}): {message}")
-        if status == 403 and code == "label_only":
-            raise ScoresUnavailable(message)
         if status == 404 and code == "unknown_model":
             raise OracleError(message)
         if status == 404:

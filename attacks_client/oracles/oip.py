@@ -158,11 +158,14 @@ class OipOracle(HttpOracle):
         return arrays
 
     def _error_of(self, response: httpx.Response) -> tuple[str, str]:
-        """OIP errors carry no code: name the ones the oracle reacts to by status."""
-        _, message = _error_message(response)
-        code = {413: "batch_too_large", 403: "label_only", 404: "unknown_model"}.get(
-            response.status_code, ""
-        )
-        if code == "batch_too_large" and "limit" not in message:
-            code = ""
-        return code, message
+        """The gateway's ``/v2`` errors carry ``/predict``'s codes; a foreign server's carry
+        none: only a 413 naming a limit and a 404 are then read by status (a 429 is read as
+        ``BudgetExhausted`` by :meth:`HttpOracle._raise_for`). A 403 says nothing more: it may
+        be label-only, a suspended caller or a flagged query."""
+        code, message = _error_message(response)
+        if code:
+            return code, message
+        status = response.status_code
+        if status == 413 and "limit" in message:
+            return "batch_too_large", message
+        return ("unknown_model" if status == 404 else ""), message

@@ -1,6 +1,7 @@
 """The request pipeline every inference route shares: resolve the model, enforce its output
-policy, validate the images, charge the caller, run the defended forward pass, screen it through
-the model's stateful detector (``service.detection``), refund on failure.
+policy, validate the images, refuse a caller its detector throttled or suspended, charge the caller
+(never left charged-and-unanswered, even when cancelled), run the defended forward pass, screen it
+through the model's stateful detector (``service.detection``), refund on failure.
 
 Routes only decode their wire format into images and encode :class:`Answer` back (``/predict``
 with its JSON/npy/raw codecs); the policy, accounting and hardening live here, once."""
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -18,11 +21,12 @@ from service.api.deps import Runtime
 from service.batching import Overloaded
 from service.codec import OutputMode, validate_images
 from service.detection.detector import QueryDetector
-from service.errors import ApiError
+from service.errors import ApiError, counter_unavailable
 from service.inference import Host
 from service.metrics import QUERIES_ANSWERED, QUERIES_UNCOUNTED
 
 log = logging.getLogger(__name__)
+_BACKGROUND: set[asyncio.Task[None]] = set()  # refunds that outlive their cancelled request
 
 
 @dataclass(frozen=True)
@@ -86,12 +90,7 @@ async def charge(runtime: Runtime, caller: str, host: Host, n: int) -> Charge | 
         result = await runtime.counter.charge(caller, host.name, n, settings.budget_for(caller))
     except CounterUnavailable:
         if not settings.fail_open:
-            raise ApiError(
-                503,
-                "counter_unavailable",
-                "query accounting is unavailable; try again later",
-                retry,
-            ) from None
+            raise counter_unavailable(settings.retry_after_s) from None
         log.warning(
             "counter unavailable: answering %d images of %s uncounted (fail_open)", n, caller
         )
@@ -105,6 +104,30 @@ async def charge(runtime: Runtime, caller: str, host: Host, n: int) -> Charge | 
             retry,
         )
     return result
+
+
+def _in_background(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+async def settled_charge(runtime: Runtime, caller: str, host: Host, n: int) -> Charge | None:
+    """``charge``, never left charged-and-unanswered: the charge runs shielded, so a request
+    cancelled meanwhile (its client gone, a shutdown) does not abandon a charge that the
+    counter's coalesced flush still applies; once that charge lands it is refunded in the
+    background, and the count reads as if the request had never been made."""
+    task = asyncio.ensure_future(charge(runtime, caller, host, n))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+
+        def refund_if_charged(done: asyncio.Future[Charge | None]) -> None:
+            if not done.cancelled() and done.exception() is None and done.result() is not None:
+                _in_background(refund(runtime, caller, host.name, n))
+
+        task.add_done_callback(refund_if_charged)
+        raise
 
 
 async def forward(runtime: Runtime, host: Host, images: np.ndarray) -> np.ndarray:
@@ -137,12 +160,7 @@ async def screen(
         return await detector.screen(caller, images, probs, settings.retry_after_s)
     except CounterUnavailable:
         if not settings.fail_open:
-            raise ApiError(
-                503,
-                "counter_unavailable",
-                "query accounting is unavailable; try again later",
-                {"Retry-After": str(settings.retry_after_s)},
-            ) from None
+            raise counter_unavailable(settings.retry_after_s) from None
         log.warning("detection store unavailable: answering %s unscreened (fail_open)", caller)
         return probs
 
@@ -160,12 +178,18 @@ async def answer(
     mode = output_mode(host, requested)
     images = validate_images(images, host.spec.input_shape, runtime.settings.max_batch)
     n = len(images)
-    paid = await charge(runtime, caller, host, n)
+    detector = runtime.detectors.get(host.name)
+    if detector is not None:  # a refused caller costs no charge and no forward pass
+        await detector.admit(caller, runtime.settings)
+    paid = await settled_charge(runtime, caller, host, n)
     try:
         probs = await forward(runtime, host, images)
-        detector = runtime.detectors.get(host.name)
         if detector is not None:
             probs = await screen(runtime, detector, caller, images, probs)
+    except asyncio.CancelledError:
+        if paid is not None:  # in the background: awaited, it could be cancelled again
+            _in_background(refund(runtime, caller, host.name, n))
+        raise
     except BaseException:
         if paid is not None:
             await refund(runtime, caller, host.name, n)

@@ -5,7 +5,8 @@ other), each image's fingerprints go to the store in one call with the answer it
 Under ``enforce`` a flagged query is answered with the matched query's stored answer (an exact
 repeat with its first answer under ``repeat_policy="cached"``), so the flag is not visible in
 the answer's status, headers or timing; after enough flags the caller is throttled (429), then
-suspended (403) until an admin lifts it. ``shadow`` only counts.
+suspended (403) until an admin lifts it, refused by ``admit`` before its request is charged or
+forwarded. ``shadow`` only counts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.accounting import QueryCounter
+from service.accounting import CounterUnavailable, QueryCounter
 from service.config import DetectionSettings, ModelSettings, Settings
 from service.detection.base import Detector
 from service.detection.blacklight import BlacklightFingerprint, BlacklightParams
@@ -30,7 +31,7 @@ from service.detection.store import (
     Outcome,
     Policy,
 )
-from service.errors import ApiError
+from service.errors import ApiError, counter_unavailable
 from service.metrics import DETECTIONS
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,22 @@ class QueryDetector:
         if not self.label_only and len(answer) == 4 * classes:
             return np.frombuffer(answer, "<f4").copy()
         return None
+
+    async def admit(self, caller: str, settings: Settings) -> None:
+        """Refuse a throttled (429) or suspended (403) caller before its request is charged and
+        forwarded: a refusal costs one cheap read, not a forward pass, a charge and a refund
+        (the observe script still refuses a caller refused meanwhile). A store outage follows
+        the counter's rule: 503, or under ``fail_open`` nothing is refused here."""
+        if not self.policy.escalate:
+            return
+        try:
+            refused, retry = await self.store.refused(caller, self.policy, time.time())
+        except CounterUnavailable:
+            if settings.fail_open:
+                return
+            raise counter_unavailable(settings.retry_after_s) from None
+        if refused is not None:
+            raise refusal(Outcome(refused, retry, [], refused), settings.retry_after_s)
 
     async def screen(
         self, caller: str, images: np.ndarray, probs: np.ndarray, retry_after_s: int

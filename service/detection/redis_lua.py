@@ -1,19 +1,21 @@
 """The Lua of ``RedisDetectionStore``: one call judges, indexes and escalates a request.
 
-KEYS: 1 the caller's stats hash, 2 its flag window (sorted set), then ``B`` bucket hashes of the
-model, current first. A bucket hash holds the exact index (``e<digest>``), the near-duplicate
-index (``n<key>``), both ``-> packed ids``, and stored answers (``a<seq>``). All keys carry the
-caller's hash tag, so one call touches one cluster slot.
+KEYS: 1 the caller's stats hash, 2 its flag window (sorted set), 3 the request's reply (its
+token), then ``B`` bucket hashes of the model, current first. A bucket hash holds the exact
+index (``e<digest>``), the near-duplicate index (``n<key>``), both ``-> packed ids``, and stored
+answers (``a<seq>``). All keys carry the caller's hash tag, so one call touches one cluster slot.
 
 ARGV: 1 the policy, space-separated: now, B, bucket ttl, stats ttl, ids per key, near
 threshold, repeat allowance, flag window, throttle after, suspend after, throttle seconds,
-escalate (0/1), store answers (0/1); 2 the model; 3 n; then per image: the exact digest, the
-near keys concatenated (8 bytes each), the answer. (Few arguments: packing them is the client's
-largest cost.)
+escalate (0/1), store answers (0/1), reply ttl; 2 the model; 3 n; then per image: the exact
+digest, the near keys concatenated (8 bytes each), the answer. (Few arguments: packing them is
+the client's largest cost.)
 
 Returns ``{refused, retry_after, state, v1...}``; each verdict is ``{seq, layer, matched,
 cached}`` (``layer`` "" when unflagged, ``matched`` 0 when none, ``cached`` "" when none).
-Ids are packed little-endian uint32 (``struct``), four bytes each.
+Ids are packed little-endian uint32 (``struct``), four bytes each. The reply is kept (msgpack)
+under KEYS[3] for the reply ttl: the client retries a call whose connection failed, and a call
+that did run must not run again (it would index the images twice, and each then matches itself).
 """
 
 POLICY_LUA = r"""
@@ -75,10 +77,12 @@ OBSERVE_LUA = (
 local now, nb, bucket_ttl, stats_ttl, cap = p[1], p[2], p[3], p[4], p[5]
 local near_threshold, allowance, flag_window = p[6], p[7], p[8]
 local throttle_after, suspend_after, throttle_s = p[9], p[10], p[11]
-local escalate, store_answers = p[12] == 1, p[13] == 1
+local escalate, store_answers, reply_ttl = p[12] == 1, p[13] == 1, p[14]
 local model, n = ARGV[2], tonumber(ARGV[3])
-local stats, window = KEYS[1], KEYS[2]
-local function bucket(b) return KEYS[2 + b] end
+local stats, window, once = KEYS[1], KEYS[2], KEYS[3]
+local function bucket(b) return KEYS[3 + b] end
+local kept = redis.call('GET', once)
+if kept then return cmsgpack.unpack(kept) end
 
 local state = redis.call('HGET', stats, 'state') or 'ok'
 local until_ = tonumber(redis.call('HGET', stats, 'until') or '0')
@@ -156,6 +160,7 @@ else
   redis.call('EXPIRE', window, math.max(stats_ttl, math.ceil(flag_window)))
 end
 out[3] = state
+redis.call('SET', once, cmsgpack.pack(out), 'EX', reply_ttl)
 return out
 """
 )

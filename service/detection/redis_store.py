@@ -5,6 +5,9 @@ Keys (all tagged by the caller, like the counter's, so a caller's state is one c
 * ``{prefix}{<caller>}:det`` hash: ``seq`` (the caller's queries seen), ``state``, ``until``,
   ``first_flag``, ``flags:<model>:<layer>``;
 * ``{prefix}{<caller>}:det:window`` sorted set: flags in the escalation window;
+* ``{prefix}{<caller>}:det:once:{token}`` one request's reply, kept ``token_ttl_s`` so that a
+  call the client retries (its connection failed after the script ran) answers it again
+  instead of indexing the images twice (each would then match itself);
 * ``{prefix}{<caller>}:det:<model>:<bucket>`` hash: ``e<digest>`` and ``n<key>`` ``-> packed
   ids`` (the two indexes), ``a<seq> -> answer`` (enforce);
 * with ``detection_cross_caller``, ``{prefix}{*shared*}:det...``: one index over all callers
@@ -13,16 +16,19 @@ Keys (all tagged by the caller, like the counter's, so a caller's state is one c
 One ``EVALSHA`` (``service.detection.redis_lua``) per request judges and indexes all its
 images. The calls of requests that arrive together are coalesced as the counter's charges are:
 the first one of an event-loop tick schedules a flush, and every call pending by then goes in
-one pipeline (one round trip; on a cluster redis-py sends each node its calls together). It uses
-the counter's connection settings (mode, Sentinel tracking, timeouts) through a second, binary
-client: fingerprints and answers are bytes.
+one pipeline (one round trip; on a cluster redis-py sends each node its calls together). Its
+binary client (fingerprints and answers are bytes) comes from the counter's
+``RedisConnections``: same mode and timeouts, it follows a Sentinel failover with the counter's
+and is closed by :meth:`RedisDetectionStore.close`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import math
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +43,10 @@ from service.detection.store import (
     State,
     Verdict,
     bucket_range,
+    refusal,
 )
-from service.redis_counter import RedisCounter, _no_script
+from service.redis_connections import no_script
+from service.redis_counter import RedisCounter
 
 MAX_CALLS_PER_PIPELINE = 64
 
@@ -67,6 +75,8 @@ class RedisDetectionStore:
         self._shared = self._redis.register_script(SHARED_LUA)
         self._pending: list[_PendingCall] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._token_prefix = uuid.uuid4().hex  # request tokens, as the counter's charges
+        self._token_seq = itertools.count()
 
     def _key(self, caller: str, name: str) -> str:
         return self._counter.key(caller, name)
@@ -79,8 +89,22 @@ class RedisDetectionStore:
         policy: Policy,
         now: float,
     ) -> Outcome:
+        token = f"{self._token_prefix}:{next(self._token_seq)}"
+        return await self.observe_with_token(caller, model, observations, policy, now, token)
+
+    async def observe_with_token(
+        self,
+        caller: str,
+        model: str,
+        observations: list[Observation],
+        policy: Policy,
+        now: float,
+        token: str,
+    ) -> Outcome:
+        """``observe`` with an explicit request token: the same token observes once."""
         buckets = bucket_range(now, policy)
         keys = [self._key(caller, "det"), self._key(caller, "det:window")]
+        keys.append(self._key(caller, f"det:once:{token}"))
         keys += [self._key(caller, f"det:{model}:{b}") for b in buckets]
         numbers = [
             repr(now),
@@ -96,6 +120,7 @@ class RedisDetectionStore:
             repr(policy.throttle_s),
             int(policy.escalate),
             int(policy.store_answers),
+            self._counter.token_ttl_s,
         ]
         args: list[Any] = [" ".join(map(str, numbers)), model, len(observations)]
         for o in observations:
@@ -157,7 +182,7 @@ class RedisDetectionStore:
             return list(await pipe.execute(raise_on_error=False))
 
         results = await send(batch)
-        missing = [i for i, r in enumerate(results) if _no_script(r)]
+        missing = [i for i, r in enumerate(results) if no_script(r)]
         if missing:
             await self._redis.script_load(OBSERVE_LUA)
             again = await send([batch[i] for i in missing])
@@ -188,6 +213,17 @@ class RedisDetectionStore:
                 lambda: self._redis.hincrby(stats, f"flags:{model}:cross_caller", flagged)
             )
         return owners
+
+    async def refused(self, caller: str, policy: Policy, now: float) -> tuple[State | None, float]:
+        """One ``HMGET`` of the caller's state: is it throttled or suspended right now?"""
+        if not policy.escalate:
+            return None, 0.0
+        stats_key = self._key(caller, "det")
+        raw, until = await self._counter.call(
+            lambda: self._redis.hmget(stats_key, "state", "until")
+        )
+        state: State = _text(raw) if raw else "ok"  # type: ignore[assignment]
+        return refusal(state, float(until or 0), policy, now)
 
     async def status(self, caller: str, policy: Policy, now: float) -> CallerStatus | None:
         stats_key, window_key = self._key(caller, "det"), self._key(caller, "det:window")
@@ -242,6 +278,10 @@ class RedisDetectionStore:
                 await self._redis.delete(key)
 
         await self._counter.call(forget)
+
+    async def close(self) -> None:
+        """Close the binary client's connections (the app's shutdown)."""
+        await self._counter.connections.close(self._redis)
 
 
 def _escape_glob(pattern: str) -> str:

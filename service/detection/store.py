@@ -9,20 +9,26 @@ Flags feed a per-caller sliding window that throttles, then suspends, under ``es
 
 ``RedisDetectionStore`` (``service.detection.redis_store``) runs the same algorithm as one Lua
 call per request; this module's :class:`MemoryDetectionStore` is the single-process default and
-the executable specification the Redis store is tested against.
+the executable specification the Redis store is tested against. Redis forgets an idle caller by
+its keys' TTLs; the memory store by a sweep and a cap on callers (see its docstring).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
+
+from service.detection.memory_index import append, nearest
 
 State = Literal["ok", "throttled", "suspended"]
 Layer = Literal["exact", "near", "cross_caller"]
 BUCKETS = 4  # a retention window spans this many buckets (plus the current, partial one)
+MAX_CALLERS = 100_000  # the memory store's cap on callers (least recently seen evicted)
+SWEEP_EVERY = 256  # observe calls between two sweeps of the memory store
+SWEEP_SLICE = 256  # callers one sweep looks at, at most (amortized: one per observe call)
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,11 @@ class DetectionStore(Protocol):
         """Judge and index one request's images, in order; may raise ``CounterUnavailable``."""
         ...
 
+    async def refused(self, caller: str, policy: Policy, now: float) -> tuple[State | None, float]:
+        """Whether the caller is refused now (``throttled``, with the seconds left, or
+        ``suspended``): one cheap read before a request is charged and forwarded."""
+        ...
+
     async def status(self, caller: str, policy: Policy, now: float) -> CallerStatus | None: ...
 
     async def callers(self) -> list[str]: ...
@@ -118,6 +129,10 @@ class DetectionStore(Protocol):
         """Drop everything stored about a caller."""
         ...
 
+    async def close(self) -> None:
+        """Release the store's connections (the app's shutdown)."""
+        ...
+
 
 def bucket_range(now: float, policy: Policy) -> list[int]:
     """The bucket numbers a lookup at ``now`` reads, current first."""
@@ -127,6 +142,7 @@ def bucket_range(now: float, policy: Policy) -> list[int]:
 
 @dataclass
 class _CallerMemory:
+    seen: float = 0.0  # the last observe's time
     seq: int = 0
     state: State = "ok"
     until: float = 0.0
@@ -142,23 +158,47 @@ class _CallerMemory:
     )
 
 
-def refusal(caller: _CallerMemory | None, policy: Policy, now: float) -> tuple[State | None, float]:
-    if caller is None or not policy.escalate:
+def refusal(state: State, until: float, policy: Policy, now: float) -> tuple[State | None, float]:
+    """Whether a caller in ``state`` (throttled ``until``) is refused at ``now``, and for how
+    long; only under ``escalate`` (shadow never refuses)."""
+    if not policy.escalate:
         return None, 0.0
-    if caller.state == "suspended":
+    if state == "suspended":
         return "suspended", 0.0
-    if caller.state == "throttled" and caller.until > now:
-        return "throttled", caller.until - now
+    if state == "throttled" and until > now:
+        return "throttled", until - now
     return None, 0.0
 
 
-class MemoryDetectionStore:
-    """The detection state of one process (with several workers, each detects alone)."""
+def _held(memory: _CallerMemory, now: float) -> bool:
+    """Suspended, or throttled for a while yet: state that must outlive its fingerprints."""
+    return memory.state == "suspended" or memory.until > now
 
-    def __init__(self) -> None:
-        self._callers: dict[str, _CallerMemory] = {}
+
+class MemoryDetectionStore:
+    """The detection state of one process (with several workers, each detects alone).
+
+    Bounded, as Redis's TTLs bound the Redis store: callers are kept least recently seen first.
+    Every ``sweep_every`` observe calls a sweep looks at up to ``sweep_slice`` callers from the
+    front and forgets those whose state all expired (no fingerprint in the retention window, no
+    flag in the flag window). Past ``max_callers`` the least recently seen caller is evicted.
+    A held caller (suspended, or still throttled) is never swept and is evicted last: one met
+    at the front moves to the back, so its refusal survives any number of new callers unless
+    the whole table is held, and then the least recently seen is evicted all the same (memory
+    stays bounded; an attacker needs ``max_callers`` suspended identities for it).
+    """
+
+    def __init__(
+        self,
+        max_callers: int = MAX_CALLERS,
+        sweep_every: int = SWEEP_EVERY,
+        sweep_slice: int = SWEEP_SLICE,
+    ) -> None:
+        self.max_callers, self.sweep_every, self.sweep_slice = max_callers, sweep_every, sweep_slice
+        self._callers: OrderedDict[str, _CallerMemory] = OrderedDict()
         self._shared = _CallerMemory()  # the cross-caller index; answers hold the owners
         self._lock = asyncio.Lock()
+        self._calls = 0
 
     async def observe_shared(
         self, caller: str, model: str, near: list[list[bytes]], policy: Policy, now: float
@@ -171,14 +211,14 @@ class MemoryDetectionStore:
             owners: list[str | None] = []
             for keys in near:
                 shared.seq += 1
-                best = _nearest(shared, model, keys, buckets, policy)
+                best = nearest(shared.index, model, keys, buckets, policy.near_threshold)
                 owner = None
                 if best is not None:
                     stored = (shared.answers[(model, b)].get(best) for b in buckets)
                     owner = next((o.decode() for o in stored if o is not None), None)
                 owners.append(owner if owner != caller else None)
                 for key in dict.fromkeys(keys):
-                    _append(
+                    append(
                         shared.index[(model, "near", buckets[0])],
                         key,
                         shared.seq,
@@ -202,17 +242,49 @@ class MemoryDetectionStore:
         now: float,
     ) -> Outcome:
         async with self._lock:
+            self._calls += 1
+            if self._calls % self.sweep_every == 0:
+                self._sweep(policy, now)
             memory = self._callers.get(caller)
-            refused, retry = refusal(memory, policy, now)
-            if refused is not None:
-                assert memory is not None
-                return Outcome(refused, retry, [], memory.state)
-            memory = self._callers.setdefault(caller, _CallerMemory())
+            if memory is not None:
+                refused, retry = refusal(memory.state, memory.until, policy, now)
+                if refused is not None:
+                    return Outcome(refused, retry, [], memory.state)
+                self._callers.move_to_end(caller)
+            else:
+                self._make_room(now)
+                memory = self._callers[caller] = _CallerMemory()
+            memory.seen = now
             buckets = bucket_range(now, policy)
             self._expire(memory, buckets[-1])
             verdicts = [self._judge(memory, model, o, buckets, policy) for o in observations]
             self._escalate(memory, verdicts, policy, now)
             return Outcome(None, 0.0, verdicts, memory.state)
+
+    def _sweep(self, policy: Policy, now: float) -> None:
+        """Forget, from the least recently seen, callers whose state all expired."""
+        keep = max(policy.retention_s + policy.bucket_s, policy.flag_window_s)
+        for _ in range(min(self.sweep_slice, len(self._callers))):
+            caller, memory = next(iter(self._callers.items()))
+            if memory.seen > now - keep:
+                return  # the callers behind were seen later (held ones excepted)
+            if _held(memory, now):
+                self._callers.move_to_end(caller)
+            else:
+                del self._callers[caller]
+
+    def _make_room(self, now: float) -> None:
+        """Below the cap by one: evict the least recently seen caller that is not held."""
+        for _ in range(len(self._callers)):
+            if len(self._callers) < self.max_callers:
+                return
+            caller, memory = next(iter(self._callers.items()))
+            if _held(memory, now):
+                self._callers.move_to_end(caller)
+            else:
+                del self._callers[caller]
+        while self._callers and len(self._callers) >= self.max_callers:
+            self._callers.popitem(last=False)  # all held: the least recently seen goes
 
     @staticmethod
     def _expire(memory: _CallerMemory, oldest: int) -> None:
@@ -242,14 +314,14 @@ class MemoryDetectionStore:
             if sum(map(len, found)) > policy.repeat_allowance:
                 layer = "exact"
         else:
-            best = _nearest(memory, model, observation.near, buckets, policy)
+            best = nearest(memory.index, model, observation.near, buckets, policy.near_threshold)
             if best is not None:
                 layer, matched = "near", best
             for key in dict.fromkeys(observation.near):
-                _append(memory.index[(model, "near", current)], key, seq, policy.ids_per_key)
+                append(memory.index[(model, "near", current)], key, seq, policy.ids_per_key)
         if observation.exact:
             index = memory.index[(model, "exact", current)]
-            _append(index, observation.exact, seq, policy.ids_per_key, True)
+            append(index, observation.exact, seq, policy.ids_per_key, True)
         cached = None
         if matched is not None:
             cached = next(
@@ -281,6 +353,10 @@ class MemoryDetectionStore:
         elif len(memory.window) >= policy.throttle_after and any(v.layer for v in verdicts):
             memory.state, memory.until = "throttled", now + policy.throttle_s
 
+    async def refused(self, caller: str, policy: Policy, now: float) -> tuple[State | None, float]:
+        memory = self._callers.get(caller)
+        return (None, 0.0) if memory is None else refusal(memory.state, memory.until, policy, now)
+
     async def status(self, caller: str, policy: Policy, now: float) -> CallerStatus | None:
         memory = self._callers.get(caller)
         if memory is None:
@@ -311,28 +387,5 @@ class MemoryDetectionStore:
         async with self._lock:
             self._callers.pop(caller, None)
 
-
-def _nearest(
-    memory: _CallerMemory, model: str, keys: list[bytes], buckets: list[int], policy: Policy
-) -> int | None:
-    """The stored query sharing the most of ``keys`` (ties: the latest), if over threshold."""
-    counts: dict[int, int] = defaultdict(int)
-    for key in dict.fromkeys(keys):
-        for b in buckets:
-            for qid in memory.index[(model, "near", b)].get(key, ()):
-                counts[qid] += 1
-    if not counts:
-        return None
-    best = max(counts, key=lambda qid: (counts[qid], qid))
-    return best if counts[best] > policy.near_threshold else None
-
-
-def _append(
-    index: dict[bytes, list[int]], key: bytes, seq: int, cap: int, keep_first: bool = False
-) -> None:
-    """Add ``seq`` to ``key``'s ids; past ``cap`` drop the oldest, or with ``keep_first`` the
-    second oldest (the exact index: the first id is an image's first answer)."""
-    ids = index.setdefault(key, [])
-    ids.append(seq)
-    if len(ids) > cap:
-        del ids[1 if keep_first else 0]
+    async def close(self) -> None:
+        """Nothing to release: the state is this process's memory."""

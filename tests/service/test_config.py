@@ -77,6 +77,14 @@ def test_several_models_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
         {"detection_throttle_after": 100, "detection_suspend_after": 100},
         # a flat flag beside the models list was silently ignored
         {"sigma": 0.05, "models": [{"name": "m", "zoo": "resnet20-mnist"}]},
+        # a full request could never be queued
+        {"max_batch": 512, "queue_max_images": 256},
+        # detection state in Redis, keyed by each process's random key
+        {"detection": "shadow", "redis_url": "redis://127.0.0.1:6379/0"},
+        {
+            "redis_url": "redis://127.0.0.1:6379/0",
+            "models": [{"name": "m", "detection": {"action": "enforce"}}],
+        },
     ],
 )
 def test_invalid_settings_are_refused(bad: dict) -> None:
@@ -134,3 +142,42 @@ def test_the_server_refuses_to_start_with_a_clear_message() -> None:
     assert "invalid settings: trusted_proxies" in done.stderr
     assert "'10.0.0.0/8 ' is not an IP address or CIDR network" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_detection_with_a_secret_or_one_memory_process_starts() -> None:
+    redis = "redis://127.0.0.1:6379/0"
+    assert Settings(detection="shadow", redis_url=redis, detection_secret="s").detection_secret
+    in_memory = Settings(detection="shadow")
+    assert in_memory.detection_needs_a_secret(workers=1) is None
+    assert "workers" in str(in_memory.detection_needs_a_secret(workers=2))
+    assert Settings(redis_url=redis).detection_needs_a_secret(workers=4) is None  # no detection
+
+
+def test_several_detecting_workers_without_a_secret_refuse_to_start() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SND_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--port", "0", "--detection", "shadow", "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "invalid settings: detection_secret: 2 workers detect" in done.stderr
+
+
+def test_redis_timings_are_settings_the_counter_uses() -> None:
+    from service.app import build_counter
+    from service.redis_counter import RedisCounter
+
+    settings = Settings(
+        redis_url="redis://127.0.0.1:6379/0",
+        redis_wait_replicas=1,
+        redis_wait_timeout_ms=750,
+        redis_token_ttl_s=90,
+        redis_sentinel_check_s=2.5,
+    )
+    counter = build_counter(settings)  # connects lazily: no Redis needed
+    assert isinstance(counter, RedisCounter)
+    timings = (counter.wait_timeout_ms, counter.token_ttl_s, counter.connections.master_check_s)
+    assert timings == (750, 90, 2.5)

@@ -256,3 +256,23 @@ def test_upstream_down_is_502_or_503_and_counts_nothing(
     assert never.headers["retry-after"]
     assert usage(gateway, "fail") == 2  # neither failure was counted
     assert httpx.get(f"{gateway.url}/v2/models/mortal/ready", timeout=10).status_code == 503
+
+
+def test_readiness_includes_every_upstream(
+    gateway: ServiceProcess, upstreams: dict[str, UpstreamProcess]
+) -> None:
+    """A gateway with a model whose upstream never answered is not ready (each request to it
+    would be a 503); one whose upstreams answer is (issue 27, item 3)."""
+    for path in ("/readyz", "/v2/health/ready"):
+        r = httpx.get(gateway.url + path, timeout=10)
+        assert r.status_code == 503 and r.headers["retry-after"], (path, r.text)
+        assert r.json()["ready"] is False
+    assert httpx.get(gateway.url + "/readyz", timeout=10).json() == {
+        "ready": False,
+        "models": False,
+        "counter": True,
+    }
+    model = {"name": "exact", "upstream": {"url": upstreams["main"].url, "model": "resnet20"}}
+    with ServiceProcess({"models": [model]}) as healthy:
+        for path in ("/readyz", "/v2/health/ready"):
+            assert httpx.get(healthy.url + path, timeout=10).status_code == 200, path

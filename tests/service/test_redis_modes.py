@@ -18,9 +18,11 @@ import httpx
 import numpy as np
 import pytest
 
+from service.detection.redis_store import RedisDetectionStore
+from service.detection.store import Observation, Policy
 from service.redis_counter import RedisCounter
 from tests.redis_topologies import RedisClusterProcesses, RedisSentinelProcesses, cli
-from tests.servers import ServiceProcess
+from tests.servers import ServiceProcess, wait_for
 
 CALLER = "addr:127.0.0.1"  # no API keys: both gateways see the test client as this caller
 BUDGET = 120
@@ -224,6 +226,41 @@ def test_a_manual_failover_under_load_loses_no_answered_charge(
         assert statuses[200] <= count <= statuses[200] + statuses[503], (count, statuses)
     if mode == "cluster":
         assert cli(replica.port, "role").split()[0] == "master"
+
+
+def test_detection_follows_a_sentinel_failover_with_the_counter(
+    sentinel: RedisSentinelProcesses,
+) -> None:
+    """Detection's client follows the primary with the counter's: right after ``SENTINEL
+    FAILOVER`` its state lands on the new primary, not on the old one (whose writes the
+    resync throws away once the Sentinels demote it)."""
+    prefix = f"det-failover-{time.monotonic_ns()}:"
+    stats = f"{prefix}{{key:f}}:det"
+
+    async def body() -> None:
+        counter = RedisCounter(
+            None, mode="sentinel", sentinels=sentinel.addresses, prefix=prefix, timeout=5.0
+        )
+        store = RedisDetectionStore(counter)
+        policy = Policy()
+        old = sentinel.master_port()
+        replica = next(p for p in (sentinel.primary, sentinel.replica) if p.port != old).port
+        # a failover of an earlier test demoted the other node: the Sentinels reconfigure it
+        linked = "master_link_status:up"
+        wait_for(lambda: linked in cli(replica, "info", "replication"), 60, "the replica")
+        await store.observe("key:f", "m", [Observation(b"a" * 16, [], b"")], policy, 1.0)
+        # copied before the failover, which does not wait for the replica to catch up
+        wait_for(lambda: cli(replica, "hget", stats, "seq").strip() == "1", 30, "the copy")
+        new = sentinel.failover()
+        time.sleep(counter.connections.master_check_s)  # the next call asks the Sentinels
+        await store.observe("key:f", "m", [Observation(b"b" * 16, [], b"")], policy, 2.0)
+        assert cli(new, "hget", stats, "seq").strip() == "2"
+        pool = store._redis.connection_pool
+        assert {c.port for c in pool._available_connections if c.is_connected} == {new}
+        await counter.close()
+        await store.close()
+
+    asyncio.run(body())
 
 
 def test_sigkill_of_the_callers_primary_costs_seconds_not_budget(tmp_path: Any) -> None:

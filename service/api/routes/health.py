@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from service.accounting import CounterUnavailable
+from service.api.deps import Runtime
 
 router = APIRouter(tags=["health"])
 
@@ -15,23 +18,33 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get(
-    "/readyz",
-    summary="Readiness: models loaded and the query counter reachable",
-    responses={503: {"description": "not ready"}},
-)
-async def readyz(request: Request) -> JSONResponse:
-    runtime = getattr(request.app.state, "runtime", None)
-    if runtime is None:
-        return JSONResponse({"ready": False, "models": False, "counter": False}, status_code=503)
+async def readiness(runtime: Runtime) -> tuple[bool, bool, bool]:
+    """``(ready, models, counter)``: every model answers (a proxied model's upstream says it
+    is ready: without it each request would be a 503) and the counter is reachable; a
+    fail-open server answers (uncounted) without the counter, so it stays ready."""
     try:
         counter_ok = await runtime.counter.ping()
     except CounterUnavailable:
         counter_ok = False
-    # fail-open servers answer (uncounted) without the counter, so they stay ready
-    ready = counter_ok or runtime.settings.fail_open
+    pool = runtime.pool
+    states = await asyncio.gather(*(pool.ready(host) for host in pool.hosts.values()))
+    models_ok = all(states)
+    return models_ok and (counter_ok or runtime.settings.fail_open), models_ok, counter_ok
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: every model answers (proxied: its upstream is ready) and the query "
+    "counter is reachable",
+    responses={503: {"description": "not ready"}},
+)
+async def readyz(request: Request) -> JSONResponse:
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        return JSONResponse({"ready": False, "models": False, "counter": False}, status_code=503)
+    ready, models_ok, counter_ok = await readiness(runtime)
     return JSONResponse(
-        {"ready": ready, "models": True, "counter": counter_ok},
+        {"ready": ready, "models": models_ok, "counter": counter_ok},
         status_code=200 if ready else 503,
         headers=None if ready else {"Retry-After": str(runtime.settings.retry_after_s)},
     )

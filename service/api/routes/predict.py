@@ -81,9 +81,17 @@ PREDICT_RESPONSE = {
     },
 }
 
+# every error status /predict answers (the README's table "Errors"): 502 is a proxied model's
+# upstream failing (``service/proxy.py``)
+PREDICT_ERRORS = (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)
+
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``limit`` (also chunked)."""
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` (also chunked),
+    and with 415 when it is encoded (gzip, ...): no route decompresses."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r}: send it plain")
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -140,7 +148,7 @@ async def decode(
     openapi_extra=PREDICT_BODY,
     responses={
         200: {"content": {"application/json": {"schema": PREDICT_RESPONSE}}},
-        **error_responses(400, 401, 403, 404, 413, 415, 422, 429, 503, 504),
+        **error_responses(*PREDICT_ERRORS),
     },
 )
 async def predict(

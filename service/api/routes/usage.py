@@ -6,21 +6,23 @@ them whole, URL-encoded where needed (``/usage/key:alice``, ``/usage/addr:%3A%3A
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable
 from typing import Annotated, Literal, TypeVar
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.accounting import MAX_BUDGET, CounterUnavailable
 from service.api.deps import AdminDep, CallerDep, Runtime, RuntimeDep
 from service.detection.store import Policy
-from service.errors import ApiError, error_responses
+from service.errors import counter_unavailable, error_responses
 
 router = APIRouter(tags=["usage"])
 
 T = TypeVar("T")
+MAX_PAGE = 1000
 
 CallerPath = Annotated[
     str,
@@ -42,12 +44,15 @@ class CallerUsage(BaseModel):
     )
     remaining: int | None
     detection_state: Literal["ok", "throttled", "suspended"] | None = Field(
-        None, description="stateful detection's state of the caller; null when not screened"
+        None,
+        description="stateful detection's state of the caller (admin views only); null when "
+        "not screened",
     )
 
 
 class UsageList(BaseModel):
     callers: list[CallerUsage]
+    next: str | None = Field(description="pass as `after` for the next page; null on the last page")
 
 
 class BudgetUpdate(BaseModel):
@@ -72,29 +77,35 @@ async def counted(call: Awaitable[T], runtime: Runtime) -> T:
     try:
         return await call
     except CounterUnavailable:
-        raise ApiError(
-            503,
-            "counter_unavailable",
-            "query accounting is unavailable; try again later",
-            {"Retry-After": str(runtime.settings.retry_after_s)},
-        ) from None
+        raise counter_unavailable(runtime.settings.retry_after_s) from None
 
 
-async def caller_usage(runtime: Runtime, caller: str) -> CallerUsage:
-    counter = runtime.counter
-    models = await counted(counter.usage(caller), runtime)
-    admin_budget = await counted(counter.get_budget(caller), runtime)
+async def detection_states(runtime: Runtime, callers: list[str]) -> list[str | None]:
+    """Stateful detection's state of each caller (``None``: not screened), read concurrently."""
+    store = runtime.detections
+    if store is None:
+        return [None] * len(callers)
+    policy = Policy(flag_window_s=runtime.settings.detection_flag_window_s)
+    now = time.time()
+    statuses = await counted(
+        asyncio.gather(*(store.status(c, policy, now) for c in callers)), runtime
+    )
+    return [None if status is None else status.state for status in statuses]
+
+
+def usage_row(
+    runtime: Runtime,
+    caller: str,
+    models: dict[str, int],
+    admin_budget: int | None,
+    detection: str | None,
+) -> CallerUsage:
     settings_budget = runtime.settings.budget_for(caller)
     budget = admin_budget if admin_budget is not None else settings_budget
     source: Literal["admin", "settings"] | None = (
         "admin" if admin_budget is not None else "settings" if budget is not None else None
     )
     total = sum(models.values())
-    detection = None
-    if runtime.detections is not None:
-        policy = Policy(flag_window_s=runtime.settings.detection_flag_window_s)
-        status = await counted(runtime.detections.status(caller, policy, time.time()), runtime)
-        detection = status.state if status is not None else None
     return CallerUsage(
         caller=caller,
         models=models,
@@ -102,8 +113,16 @@ async def caller_usage(runtime: Runtime, caller: str) -> CallerUsage:
         budget=budget,
         budget_source=source,
         remaining=None if budget is None else max(budget - total, 0),
-        detection_state=detection,
+        detection_state=detection,  # type: ignore[arg-type]
     )
+
+
+async def caller_usage(runtime: Runtime, caller: str, *, detection: bool = True) -> CallerUsage:
+    """One caller's row; ``detection=False`` leaves the detection state out (a caller asking
+    about itself must not learn whether, or how, it is screened)."""
+    ((models, admin_budget),) = await counted(runtime.counter.usages([caller]), runtime)
+    state = (await detection_states(runtime, [caller]))[0] if detection else None
+    return usage_row(runtime, caller, models, admin_budget, state)
 
 
 ADMIN_ERRORS = error_responses(401, 403, 422, 503)
@@ -115,9 +134,28 @@ ADMIN_ERRORS = error_responses(401, 403, 422, 503)
     summary="Usage of every caller (admin)",
     responses=ADMIN_ERRORS,
 )
-async def list_usage(runtime: RuntimeDep, _: AdminDep) -> UsageList:
+async def list_usage(
+    runtime: RuntimeDep,
+    _: AdminDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="callers per page")] = 100,
+    after: Annotated[
+        str | None,
+        Query(max_length=256, description="the cursor: the previous page's `next`"),
+    ] = None,
+) -> UsageList:
+    """Callers in id order, ``limit`` a page; a page's reads are one Redis pipeline."""
     callers = await counted(runtime.counter.callers(), runtime)
-    return UsageList(callers=[await caller_usage(runtime, c) for c in callers])
+    rest = [c for c in callers if after is None or c > after]
+    page = rest[:limit]
+    rows = await counted(runtime.counter.usages(page), runtime)
+    states = await detection_states(runtime, page)
+    return UsageList(
+        callers=[
+            usage_row(runtime, caller, models, budget, state)
+            for caller, (models, budget), state in zip(page, rows, states, strict=True)
+        ],
+        next=page[-1] if len(rest) > limit else None,
+    )
 
 
 @router.get(
@@ -127,7 +165,7 @@ async def list_usage(runtime: RuntimeDep, _: AdminDep) -> UsageList:
     responses=error_responses(401, 503),
 )
 async def my_usage(runtime: RuntimeDep, caller: CallerDep) -> CallerUsage:
-    return await caller_usage(runtime, caller)
+    return await caller_usage(runtime, caller, detection=False)
 
 
 @router.get(

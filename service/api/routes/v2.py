@@ -5,7 +5,8 @@ Per kserve/open-inference-protocol ``inference_rest.md``: server metadata (``GET
 model metadata and readiness, and ``POST /v2/models/{m}[/versions/{v}]/infer``. Infer decodes
 the request (:mod:`service.oip`), runs :func:`service.api.pipeline.answer` (the same defense,
 caller, counting, budget, label-only policy and limits as ``/predict``) and encodes the answer.
-Errors on ``/v2`` paths take the protocol's shape ``{"error": "<message>"}``.
+Errors on ``/v2`` paths take the protocol's shape ``{"error": "<message>"}`` with the stable
+``code`` ``/predict`` gives the same fault beside it (``service/errors.py``).
 """
 
 from __future__ import annotations
@@ -17,28 +18,20 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from service import __version__
-from service.accounting import CounterUnavailable
 from service.api.deps import CallerDep, Runtime, RuntimeDep
 from service.api.pipeline import answer, resolve_host
+from service.api.routes.health import readiness
 from service.api.routes.predict import read_body
-from service.errors import ApiError
+from service.errors import ApiError, error_responses
 from service.inference import Host
 from service.oip import BINARY_EXTENSION, LABEL, PROBABILITIES, decode_infer, encode_infer
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
 VERSION = "1"
-OIP_ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {"error": {"type": "string"}},
-}
 
 
 def oip_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {
-        s: {"description": "error", "content": {"application/json": {"schema": OIP_ERROR}}}
-        for s in statuses
-    }
+    return error_responses(*statuses, oip=True)
 
 
 class TensorMetadata(BaseModel):
@@ -73,18 +66,16 @@ async def live() -> dict[str, bool]:
 
 @router.get(
     "/health/ready",
-    summary="Readiness: models loaded and the query counter reachable",
+    summary="Readiness: every model answers (proxied: its upstream is ready) and the query "
+    "counter is reachable",
     responses={503: {"description": "not ready"}},
 )
 async def ready(request: Request) -> JSONResponse:
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    ok = False
-    if runtime is not None:
-        try:
-            ok = await runtime.counter.ping() or runtime.settings.fail_open
-        except CounterUnavailable:
-            ok = runtime.settings.fail_open
-    retry = None if ok else {"Retry-After": "1"}
+    if runtime is None:
+        return JSONResponse({"ready": False}, status_code=503, headers={"Retry-After": "1"})
+    ok = (await readiness(runtime))[0]
+    retry = None if ok else {"Retry-After": str(runtime.settings.retry_after_s)}
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503, headers=retry)
 
 
@@ -237,9 +228,6 @@ async def infer(
     header_length: str | None,
 ) -> Response:
     host = host_for(runtime, model, version)
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding != "identity":
-        raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r}: send it plain")
     body = await read_body(request, runtime.settings.max_body_bytes)
     decoded = decode_infer(body, header_length, host.input_name)
     result = await answer(runtime, caller, decoded.images, host.name, decoded.mode)

@@ -6,8 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from attacks_client.cli import main
-from tests.servers import ROOT
+from tests.servers import ROOT, check_alive, wait_for
 
 
 def test_demo_prints_both_rows(tmp_path: Path) -> None:
@@ -64,9 +67,19 @@ def test_clear_errors(tmp_path: Path) -> None:
     assert main(["evaluate", "--config", str(bad)]) == 2
 
 
+def answered(port: int) -> float:
+    """Images the service on ``port`` has answered (its ``snd_queries_answered`` metric)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "snd_queries_answered_total"
+    )
+
+
 def test_sigterm_stops_the_services_evaluate_started(tmp_path: Path) -> None:
     import signal
-    import time
 
     import psutil
 
@@ -91,13 +104,24 @@ def test_sigterm_stops_the_services_evaluate_started(tmp_path: Path) -> None:
         ],
         cwd=ROOT,
     )
-    deadline = time.monotonic() + 120
-    children: list[psutil.Process] = []
-    while time.monotonic() < deadline and not (tmp_path / "run" / "accuracy.jsonl").exists():
-        children = psutil.Process(proc.pid).children(recursive=True)
-        time.sleep(0.5)
-    assert children, "evaluate started no service"
-    time.sleep(2)  # the attack is running
+    run = tmp_path / "run"
+
+    def measured_accuracy() -> bool:
+        check_alive(proc, "evaluate", "")
+        return (run / "accuracy.jsonl").exists()
+
+    wait_for(measured_accuracy, 120, "evaluate's accuracy measurement")
+    children = psutil.Process(proc.pid).children(recursive=True)
+    ports = [int(c.environ()["SND_PORT"]) for c in children if "service" in c.cmdline()]
+    assert ports, f"evaluate started no service: {[c.cmdline() for c in children]}"
+    # SIGTERM mid-attack: once the service answers queries past the accuracy measurement
+    answered_then = answered(ports[0])
+
+    def attacking() -> bool:
+        check_alive(proc, "evaluate", "")
+        return answered(ports[0]) > answered_then
+
+    wait_for(attacking, 60, "the attack's queries")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 143
     gone, alive = psutil.wait_procs(children, timeout=30)

@@ -224,3 +224,20 @@ def test_openapi_declares_both_encodings(snd_server: ServiceProcess) -> None:
     content = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert {"application/json", "application/x-npy", "application/octet-stream"} <= set(content)
     assert json.dumps(schema)  # serializable
+
+
+def test_openapi_lists_every_status_predict_and_v2_answer(snd_server: ServiceProcess) -> None:
+    """Every error status of the README's table "Errors" is declared, 502 (a proxied model's
+    upstream failing) included; /v2's error schema carries the code beside the message."""
+    paths = httpx.get(snd_server.url + "/openapi.json").json()["paths"]
+    statuses = {"400", "401", "403", "404", "413", "415", "422", "429", "502", "503", "504"}
+    predict = paths["/predict"]["post"]["responses"]
+    assert statuses <= set(predict), sorted(statuses - set(predict))
+    schema = predict["502"]["content"]["application/json"]["schema"]
+    assert schema["properties"]["error"]["required"] == ["code", "message"]
+    for path in ("/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer"):
+        infer = paths[path]["post"]["responses"]
+        assert statuses <= set(infer)
+        v2_schema = infer["403"]["content"]["application/json"]["schema"]
+        assert v2_schema["required"] == ["error", "code"]
+        assert v2_schema["properties"]["code"] == {"type": "string"}

@@ -261,6 +261,12 @@ def test_metrics_move_with_predictions_and_refusals(keyed: ServiceProcess) -> No
     httpx.get(keyed.url + "/no/such/path/123")
     assert metric(keyed, "snd_request_duration_seconds_count", route="unmatched", status="404") >= 1
     assert metric(keyed, "snd_refusals_total", reason="not_found") >= 1
+    # /v2's errors carry their code beside the message: counted by it, not as "unknown"
+    unknown = metric(keyed, "snd_refusals_total", reason="unknown")
+    not_allowed = metric(keyed, "snd_refusals_total", reason="method_not_allowed")
+    assert httpx.delete(keyed.url + "/v2/health/live").status_code == 405
+    assert metric(keyed, "snd_refusals_total", reason="method_not_allowed") == not_allowed + 1
+    assert metric(keyed, "snd_refusals_total", reason="unknown") == unknown
 
 
 @pytest.fixture(scope="module")
@@ -314,3 +320,28 @@ def test_forwarded_for_counts_from_a_trusted_proxy(open_trusted: ServiceProcess)
     assert (direct["caller"], direct["total"]) == ("addr:127.0.0.1", 1)
     # no admin token configured: the admin routes are off
     assert_error(httpx.get(f"{open_trusted.url}/usage", headers=admin()), 403, "admin_disabled")
+
+
+def test_the_admin_list_is_paged_by_a_cursor(keyed: ServiceProcess) -> None:
+    """Pages of ``limit`` callers in id order; following ``next`` lists each caller once."""
+    for name in ("alice", "bob", "erin"):
+        assert predict(keyed, 1, KEYS[name]).status_code == 200
+    full = httpx.get(f"{keyed.url}/usage", headers=admin(), params={"limit": 1000}).json()
+    assert full["next"] is None
+    everyone = [c["caller"] for c in full["callers"]]
+    assert len(everyone) >= 3 and everyone == sorted(everyone)
+    walked: list[str] = []
+    after: str | None = None
+    for _ in range(len(everyone) + 1):
+        params: dict[str, str | int] = {"limit": 2} | ({"after": after} if after else {})
+        page = httpx.get(f"{keyed.url}/usage", headers=admin(), params=params).json()
+        assert len(page["callers"]) <= 2
+        walked += [c["caller"] for c in page["callers"]]
+        after = page["next"]
+        if after is None:
+            break
+    assert walked == everyone
+    for bad in ({"limit": 0}, {"limit": 1001}):
+        assert_error(
+            httpx.get(f"{keyed.url}/usage", headers=admin(), params=bad), 422, "invalid_request"
+        )

@@ -3,6 +3,11 @@ infer through the same pipeline as /predict, label-only, the protocol's error sh
 
 from __future__ import annotations
 
+import hashlib
+import io
+import time
+from collections.abc import Iterator
+
 import httpx
 import numpy as np
 import pytest
@@ -132,10 +137,109 @@ def test_label_only_model_never_sends_scores(
     )
     assert list(arrays) == ["label"] and arrays["label"].shape == (3,)
     asked = infer(url, MODEL, x[:3], outputs=[{"name": "probabilities"}, {"name": "label"}])
-    assert "labels only" in assert_oip_error(asked, 403)
+    assert "labels only" in assert_oip_error(asked, 403, "label_only")
     assert b'probabilities":' not in asked.content
 
 
 def test_predict_keeps_its_own_error_shape(snd_server: ServiceProcess) -> None:
     r = httpx.get(snd_server.url + "/v2x", timeout=10)  # not a /v2 path
     assert set(r.json()["error"]) == {"code", "message"}
+
+
+# ---- refusals: one code on both protocols ---------------------------------------------------
+
+REFUSING_KEYS = {"budget-key": "budgeted", "throttle-key": "throttled", "suspend-key": "suspended"}
+LABELS, WATCHED = "mnist-labels", "mnist-watched"
+
+
+def model_entry(name: str, **more: object) -> dict[str, object]:
+    return {"name": name, "zoo": MODEL, "defense": {"kind": "none"}, **more}
+
+
+@pytest.fixture(scope="module")
+def refusing_server() -> Iterator[ServiceProcess]:
+    """A budget of 1 for "budgeted", a label-only model, and a model under stateful detection
+    that throttles at the first flag (for 2 s) and suspends at the second."""
+    settings = {
+        "api_keys": {hashlib.sha256(k.encode()).hexdigest(): c for k, c in REFUSING_KEYS.items()},
+        "budgets": {"budgeted": 1},
+        "models": [
+            model_entry(MODEL),
+            model_entry(LABELS, label_only=True),
+            model_entry(WATCHED, detection={"action": "enforce"}),
+        ],
+        "detection_secret": "refusals-secret",
+        "detection_throttle_after": 1,
+        "detection_suspend_after": 2,
+        "detection_throttle_s": 2,
+    }
+    with ServiceProcess(settings) as server:
+        yield server
+
+
+def predict_npy(
+    url: str, key: str, model: str, x: np.ndarray, output: str = "label"
+) -> httpx.Response:
+    buffer = io.BytesIO()
+    np.save(buffer, x)
+    return httpx.post(
+        url + "/predict",
+        content=buffer.getvalue(),
+        params={"model": model, "output": output},
+        headers={"Content-Type": "application/x-npy", "X-API-Key": key},
+        timeout=30,
+    )
+
+
+def both(
+    url: str, key: str, model: str, x: np.ndarray, output: str = "label"
+) -> tuple[httpx.Response, httpx.Response]:
+    """The same request on /predict and on /v2."""
+    names = ["probabilities", "label"] if output == "scores" else ["label"]
+    outputs = [{"name": n} for n in names]
+    return predict_npy(url, key, model, x, output), infer(
+        url, model, x, outputs=outputs, headers={"X-API-Key": key}
+    )
+
+
+def assert_same_refusal(
+    pair: tuple[httpx.Response, httpx.Response], status: int, code: str
+) -> None:
+    predicted, inferred = pair
+    assert predicted.status_code == status, predicted.text
+    assert predicted.json()["error"]["code"] == code
+    assert_oip_error(inferred, status, code)
+    assert "probabilities" not in inferred.text and "scores" not in predicted.json()
+
+
+def test_refusals_have_one_code_on_both_protocols(
+    refusing_server: ServiceProcess, digits: tuple
+) -> None:
+    url, x = refusing_server.url, digits[0][:1]
+    assert_same_refusal(both(url, "budget-key", "nope", x), 404, "unknown_model")
+    assert_same_refusal(both(url, "budget-key", LABELS, x, "scores"), 403, "label_only")
+    assert predict_npy(url, "budget-key", MODEL, x).status_code == 200  # the budget of 1 is spent
+    assert_same_refusal(both(url, "budget-key", MODEL, x), 429, "budget_exhausted")
+    # throttled: the first query, then a repeat (flag 1); the next request is refused
+    for _ in range(2):
+        assert predict_npy(url, "throttle-key", WATCHED, x).status_code == 200
+    throttled = both(url, "throttle-key", WATCHED, x)
+    assert_same_refusal(throttled, 429, "throttled")
+    assert all(r.headers["Retry-After"] for r in throttled)
+
+
+def test_suspended_has_one_code_on_both_protocols(
+    refusing_server: ServiceProcess, digits: tuple
+) -> None:
+    url, x = refusing_server.url, digits[0][1:2]
+    answered = 0
+    for _ in range(8):  # a throttle between the first and the second flag, then suspended
+        predicted = predict_npy(url, "suspend-key", WATCHED, x)
+        if predicted.status_code == 403:
+            break
+        if predicted.status_code == 429:
+            time.sleep(float(predicted.headers["Retry-After"]))
+        else:
+            answered += 1
+    assert answered == 3  # the first query and two flagged repeats: suspend_after = 2
+    assert_same_refusal(both(url, "suspend-key", WATCHED, digits[0][2:3]), 403, "suspended")

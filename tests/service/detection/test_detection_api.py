@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.datasets import mnist_subset
-from tests.servers import RedisProcess, ServiceProcess
+from tests.servers import RedisProcess, ServiceProcess, wait_for
 
 ADMIN = "detection-admin"
 CALLERS = ("alice", "bob", "carol", "dave", "erin")
@@ -114,8 +114,8 @@ def test_throttle_then_suspend_and_an_admin_lifts_it(server: ServiceProcess) -> 
         response = predict(server, "bob", image)
         if response.status_code == 403:
             break
-        if response.status_code == 429:
-            time.sleep(float(response.headers["Retry-After"]))
+        if response.status_code == 429:  # wait until the admin view says the throttle is over
+            wait_for(lambda: usage(server, "bob")["detection_state"] != "throttled", 10, "ok")
         else:
             answered += 1
     suspended = predict(server, "bob", IMAGES[3])
@@ -146,6 +146,10 @@ def test_shadow_only_counts(server: ServiceProcess) -> None:
         if s.name == "snd_detections_total"
     }
     assert samples[(SHADOW, "exact", "shadow")] == 7
+    # a caller never learns from its own usage whether (or how) it is screened; the admin does
+    mine = httpx.get(f"{server.url}/usage/me", headers={"X-API-Key": "carol-key"}, timeout=10)
+    assert mine.status_code == 200 and mine.json()["detection_state"] is None
+    assert admin_get(server, "/usage/key:carol").json()["detection_state"] == "ok"
 
 
 def test_bad_input_leaves_no_fingerprint(server: ServiceProcess) -> None:
@@ -175,7 +179,7 @@ def test_fresh_policy_and_expiry_in_memory() -> None:
         assert first != second
         callers = admin_get(process, "/detections").json()["callers"]
         assert callers[0]["flags"] == {MODEL: {"exact": 1}}
-        time.sleep(3.0)  # past retention plus a bucket
+        time.sleep(3.0)  # time under test: past retention plus a bucket, state expires
         post()
         callers = admin_get(process, "/detections").json()["callers"]
         assert callers[0]["flags"] == {MODEL: {"exact": 1}} and callers[0]["queries"] == 3
@@ -184,6 +188,7 @@ def test_fresh_policy_and_expiry_in_memory() -> None:
 def test_cross_caller_index_sees_an_attack_split_over_keys(redis_server: RedisProcess) -> None:
     settings = {
         "redis_url": f"redis://127.0.0.1:{redis_server.port}/7",
+        "detection_secret": "a-test-secret",  # required with Redis-held state
         "api_keys": {sha256(f"{c}-key"): c for c in CALLERS},
         "admin_token_sha256": sha256(ADMIN),
         "models": [detection_model(SHADOW, "shadow")],

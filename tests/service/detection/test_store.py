@@ -212,3 +212,62 @@ def test_concurrent_requests_get_the_verdicts_of_one_by_one_calls(store: Detecti
         [(2, "near", 1, b"c2-b")],
         [(1, None, None, None)],
     ]
+
+
+def test_refused_reads_the_state_without_observing(store: DetectionStore) -> None:
+    policy = Policy(throttle_after=1, suspend_after=3, throttle_s=30.0, escalate=True)
+    image = obs(b"f" * 16, [])
+    assert run(store.refused("key:j", policy, 1.0)) == (None, 0.0)
+    run(store.observe("key:j", "m", [image, image], policy, 100.0))
+    state, retry = run(store.refused("key:j", policy, 110.0))
+    assert state == "throttled" and 19.0 <= retry <= 21.0
+    assert run(store.refused("key:j", Policy(), 110.0)) == (None, 0.0)  # shadow never refuses
+    assert run(store.refused("key:j", policy, 131.0)) == (None, 0.0)  # the throttle is over
+    run(store.observe("key:j", "m", [image, image], policy, 131.0))
+    assert run(store.refused("key:j", policy, 1e9)) == ("suspended", 0.0)
+    assert run(store.status("key:j", policy, 131.0)).queries == 4  # reads observed nothing
+
+
+def test_the_memory_store_sweeps_callers_whose_state_expired() -> None:
+    with asyncio.Runner() as runner:
+        memory_sweep(runner.run)
+
+
+def memory_sweep(run: Any) -> None:
+    store = MemoryDetectionStore(sweep_every=5)
+    policy = Policy(retention_s=40.0, flag_window_s=20.0, throttle_after=1, suspend_after=2)
+    escalate = Policy(**{**policy.__dict__, "escalate": True})
+    for caller in ("key:old1", "key:old2"):
+        run(store.observe(caller, "m", [obs(caller.encode(), NEAR_A)], policy, 0.0))
+    image = obs(b"s" * 16, [])
+    run(store.observe("key:suspended", "m", [image, image, image], escalate, 0.0))
+    run(store.observe("key:recent", "m", [obs(b"r" * 16, [])], policy, 30.0))
+    assert run(store.callers()) == ["key:old1", "key:old2", "key:recent", "key:suspended"]
+    # the fifth observe call sweeps: at t = 51 the retention (40 s + a 10 s bucket) has
+    # passed for the callers last seen at 0, not for one seen at 30; a suspension stays
+    run(store.observe("key:new", "m", [obs(b"n" * 16, [])], policy, 51.0))
+    assert run(store.callers()) == ["key:new", "key:recent", "key:suspended"]
+    assert run(store.status("key:suspended", escalate, 51.0)).state == "suspended"
+    assert run(store.status("key:old1", policy, 51.0)) is None
+
+
+def test_the_memory_store_caps_callers_least_recently_seen_first() -> None:
+    with asyncio.Runner() as runner:
+        memory_cap(runner.run)
+
+
+def memory_cap(run: Any) -> None:
+    store = MemoryDetectionStore(max_callers=3)
+    policy = Policy()
+    escalate = Policy(throttle_after=1, suspend_after=2, escalate=True)
+    image = obs(b"s" * 16, [])
+    run(store.observe("key:s", "m", [image, image, image], escalate, 0.0))  # suspended, oldest
+    for t, caller in enumerate(("key:a", "key:b", "key:a", "key:c"), start=1):
+        run(store.observe(caller, "m", [obs(caller.encode(), [])], policy, float(t)))
+    # at the cap, key:c evicted key:b: key:s is older but suspended, key:a was seen again
+    assert run(store.callers()) == ["key:a", "key:c", "key:s"]
+    for i in range(20):
+        run(store.observe(f"key:n{i}", "m", [obs(b"n" * 16, [])], policy, 10.0 + i))
+        assert len(run(store.callers())) <= 3
+    assert "key:s" in run(store.callers())
+    assert run(store.refused("key:s", escalate, 99.0)) == ("suspended", 0.0)

@@ -304,6 +304,15 @@ CASES: list[tuple[str, dict[str, Any], int, str]] = [
         415,
         "unsupported_media_type",
     ),
+    (
+        "gzip-encoded JSON (no route decompresses)",
+        {
+            "content": b"\x1f\x8b\x08\x00",
+            "headers": {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        },
+        415,
+        "unsupported_encoding",
+    ),
     # JSON of the wrong form
     ("JSON array, not an object", {"json": [GREY]}, 422, "invalid_request"),
     ("JSON string", {"json": "inputs"}, 422, "invalid_request"),

@@ -156,7 +156,8 @@ def test_405_names_every_method_of_the_path() -> None:
         assert response.headers["Allow"] == allow
     v2 = asyncio.run(ask("GET", "/v2/models/m/infer"))  # the protocol's own error shape
     assert v2.status_code == 405 and v2.headers["Allow"] == "POST"
-    assert set(v2.json()) == {"error"} and isinstance(v2.json()["error"], str)
+    assert v2.json() == {"error": v2.json()["error"], "code": "method_not_allowed"}
+    assert isinstance(v2.json()["error"], str)
 
 
 # ---- label-only: no scores anywhere -----------------------------------------------------------
