@@ -42,6 +42,11 @@ from attacks_client.oracles.sharing import OutputMode, SharedRequests
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 256
+# An idle pooled connection is dropped after this long, well before uvicorn closes it (its
+# keep-alive timeout, 5 s by default; httpx's own default expiry is also 5 s). Equal timeouts
+# race: the client reuses a connection the server is closing, and the request dies with
+# RemoteProtocolError, which cannot be retried safely (the server may have counted it).
+KEEPALIVE_EXPIRY_S = 2.0
 # the refusals an attack reacts to, by the error's code
 REFUSALS: dict[str, type[Exception]] = {
     "budget_exhausted": BudgetExhausted,
@@ -99,7 +104,11 @@ class HttpOracle:
         self.sharing = sharing
         headers = {"X-API-Key": api_key} if api_key else {}
         self._client = httpx.Client(
-            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+            base_url=self.url,
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S),
         )
         info = self._model_info(model)
         self.model: str = str(info["name"])
