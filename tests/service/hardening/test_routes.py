@@ -67,6 +67,9 @@ PARAMETERS = {
     ("path", "model"),
     ("path", "version"),
     ("header", "inference-header-content-length"),
+    # GET /usage's page: its size and the cursor (a caller id)
+    ("query", "limit"),
+    ("query", "after"),
 }
 ADMIN_ROUTES = {
     ("GET", "/usage"),
