@@ -114,6 +114,22 @@ def _pooled_p99(latencies: tuple[np.ndarray, np.ndarray], span: list[float]) -> 
     return 1000 * float(np.percentile(inside, 99)) if len(inside) else None
 
 
+def _per_image_held(
+    samples: list[dict[str, Any]], retention_s: float, sample_s: float
+) -> dict[int, dict[str, float]]:
+    """Per sample (by ``id``): Redis used_memory (KiB) per image answered in the retention
+    window that ends at it (the images of the last ``retention_s / sample_s`` samples)."""
+    span = max(1, round(retention_s / sample_s))
+    held: dict[int, dict[str, float]] = {}
+    for i, sample in enumerate(samples):
+        if i + 1 < span:
+            continue
+        images = sum(s["images_s"] * sample_s for s in samples[i + 1 - span : i + 1])
+        if images > 0:
+            held[id(sample)] = {"kib": sample["redis_used_mib"] * 1024 / images}
+    return held
+
+
 def targets(
     samples: list[dict[str, Any]],
     args: argparse.Namespace,
@@ -176,15 +192,20 @@ def targets(
         )
     else:
         first, last, windows["redis_steady"] = found
+        # detection keeps every image of the last `retention` seconds: memory follows the
+        # traffic, so what must not grow is the memory per image held
+        held = _per_image_held(samples, args.retention_s, args.sample_s)
         row = _growth(
-            "Redis used_memory (MiB) bounded by the retention",
-            _mean(first, "redis_used_mib"),
-            _mean(last, "redis_used_mib"),
+            "Redis used_memory per image in the retention window (KiB) bounded",
+            _mean([held[id(s)] for s in first if id(s) in held], "kib"),
+            _mean([held[id(s)] for s in last if id(s) in held], "kib"),
         )
+        mib = _mean(first, "redis_used_mib"), _mean(last, "redis_used_mib")
         keys = _mean(first, "redis_keys"), _mean(last, "redis_keys")
         row["note"] = (
-            f"from {steady_s:.0f} s (1.25 × retention {args.retention_s:.0f} s); keys "
-            f"{keys[0]:.0f} → {keys[1]:.0f}"
+            f"from {steady_s:.0f} s (1.25 × retention {args.retention_s:.0f} s); used_memory "
+            f"{mib[0]:.1f} → {mib[1]:.1f} MiB, keys {keys[0]:.0f} → {keys[1]:.0f}, as the "
+            "traffic of the retention window"
         )
         out.append(row)
     accounting = summary["accounting"]

@@ -117,6 +117,22 @@ def test_growth_short_runs_and_errors_fail_their_targets() -> None:
     assert verdict(rows, "RSS, fds, p99") is None
 
 
+def test_redis_memory_is_judged_per_image_the_retention_holds() -> None:
+    """Memory that follows the traffic (twice the images, twice the memory) is bounded; memory
+    that grows at a steady rate is not."""
+    busier = samples(30)
+    for sample in busier[20:]:
+        sample["images_s"] *= 2
+        sample["redis_used_mib"] *= 2
+    rows, _ = targets(busier, args(), summary())
+    assert verdict(rows, "Redis used_memory") is True
+    leaking = samples(30)
+    for sample in leaking[20:]:
+        sample["redis_used_mib"] *= 2
+    rows, _ = targets(leaking, args(), summary())
+    assert verdict(rows, "Redis used_memory") is False
+
+
 def test_markdown_and_plot(tmp_path: Path) -> None:
     data = samples(30)
     result = summary()
