@@ -314,3 +314,32 @@ class UpstreamProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+REFUSING_ZOO, REFUSING_LABELS, REFUSING_WATCHED = "resnet20-mnist", "mnist-labels", "mnist-watched"
+
+
+def refusing_settings(
+    api_keys: dict[str, str], budgets: dict[str, int], throttle_s: float
+) -> dict[str, Any]:
+    """Settings of a gateway that refuses in every way: the embedded model as
+    ``resnet20-mnist``, a label-only copy (``mnist-labels``) and one under stateful detection
+    (``mnist-watched``, enforce) that throttles at the first flag for ``throttle_s`` and
+    suspends at the second; ``api_keys`` maps key hashes to callers."""
+
+    def model(name: str, **more: object) -> dict[str, object]:
+        return {"name": name, "zoo": REFUSING_ZOO, "defense": {"kind": "none"}, **more}
+
+    return {
+        "api_keys": api_keys,
+        "budgets": budgets,
+        "models": [
+            model(REFUSING_ZOO),
+            model(REFUSING_LABELS, label_only=True),
+            model(REFUSING_WATCHED, detection={"action": "enforce"}),
+        ],
+        "detection_secret": "refusals-secret",
+        "detection_throttle_after": 1,
+        "detection_suspend_after": 2,
+        "detection_throttle_s": throttle_s,
+    }

@@ -88,20 +88,12 @@ class RedisDetectionStore:
         observations: list[Observation],
         policy: Policy,
         now: float,
+        token: str | None = None,
     ) -> Outcome:
-        token = f"{self._token_prefix}:{next(self._token_seq)}"
-        return await self.observe_with_token(caller, model, observations, policy, now, token)
-
-    async def observe_with_token(
-        self,
-        caller: str,
-        model: str,
-        observations: list[Observation],
-        policy: Policy,
-        now: float,
-        token: str,
-    ) -> Outcome:
-        """``observe`` with an explicit request token: the same token observes once."""
+        """Observe one request's images; ``token`` names the request (a fresh one when None):
+        the same token observes once, so a retried script call never indexes its images twice."""
+        if token is None:
+            token = f"{self._token_prefix}:{next(self._token_seq)}"
         buckets = bucket_range(now, policy)
         keys = [self._key(caller, "det"), self._key(caller, "det:window")]
         keys.append(self._key(caller, f"det:once:{token}"))

@@ -20,36 +20,27 @@ from attacks_client.oracles.http import HttpOracle
 from attacks_client.oracles.oip import OipOracle
 from attacks_client.oracles.sharing import SharedRequests
 from tests.attacks_client.oracles.test_sharing import held, run_threads
-from tests.servers import ServiceProcess
+from tests.servers import (
+    REFUSING_LABELS,
+    REFUSING_WATCHED,
+    REFUSING_ZOO,
+    ServiceProcess,
+    refusing_settings,
+)
 
-MODEL, LABELS, WATCHED = "resnet20-mnist", "mnist-labels", "mnist-watched"
+MODEL, LABELS, WATCHED = REFUSING_ZOO, REFUSING_LABELS, REFUSING_WATCHED
 PROTOCOLS = ("predict", "v2")
 # one caller per protocol and test: budgets and detection state are per caller
 CALLERS = [f"{p}-{use}" for p in PROTOCOLS for use in ("budget", "labels", "watch")] + ["v2-shared"]
 THROTTLE_S = 2
 
 
-def model_entry(name: str, **more: object) -> dict[str, object]:
-    return {"name": name, "zoo": MODEL, "defense": {"kind": "none"}, **more}
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServiceProcess]:
     """Budgets of 3, a label-only model, and a model under stateful detection that throttles
     at the first flag and suspends at the second."""
-    settings = {
-        "api_keys": {hashlib.sha256(f"{c}-key".encode()).hexdigest(): c for c in CALLERS},
-        "budgets": {f"{p}-budget": 3 for p in PROTOCOLS},
-        "models": [
-            model_entry(MODEL),
-            model_entry(LABELS, label_only=True),
-            model_entry(WATCHED, detection={"action": "enforce"}),
-        ],
-        "detection_secret": "oracle-refusals",
-        "detection_throttle_after": 1,
-        "detection_suspend_after": 2,
-        "detection_throttle_s": THROTTLE_S,
-    }
+    keys = {hashlib.sha256(f"{c}-key".encode()).hexdigest(): c for c in CALLERS}
+    settings = refusing_settings(keys, {f"{p}-budget": 3 for p in PROTOCOLS}, THROTTLE_S)
     with ServiceProcess(settings) as process:
         yield process
 

@@ -14,7 +14,7 @@ import pytest
 
 from service.datasets import mnist_subset
 from tests.oip import assert_oip_error, infer, outputs_of, predict_scores
-from tests.servers import ServiceProcess
+from tests.servers import REFUSING_LABELS, REFUSING_WATCHED, ServiceProcess, refusing_settings
 
 MODEL = "resnet20-mnist"
 
@@ -149,30 +149,15 @@ def test_predict_keeps_its_own_error_shape(snd_server: ServiceProcess) -> None:
 # ---- refusals: one code on both protocols ---------------------------------------------------
 
 REFUSING_KEYS = {"budget-key": "budgeted", "throttle-key": "throttled", "suspend-key": "suspended"}
-LABELS, WATCHED = "mnist-labels", "mnist-watched"
-
-
-def model_entry(name: str, **more: object) -> dict[str, object]:
-    return {"name": name, "zoo": MODEL, "defense": {"kind": "none"}, **more}
+LABELS, WATCHED = REFUSING_LABELS, REFUSING_WATCHED
 
 
 @pytest.fixture(scope="module")
 def refusing_server() -> Iterator[ServiceProcess]:
     """A budget of 1 for "budgeted", a label-only model, and a model under stateful detection
     that throttles at the first flag (for 2 s) and suspends at the second."""
-    settings = {
-        "api_keys": {hashlib.sha256(k.encode()).hexdigest(): c for k, c in REFUSING_KEYS.items()},
-        "budgets": {"budgeted": 1},
-        "models": [
-            model_entry(MODEL),
-            model_entry(LABELS, label_only=True),
-            model_entry(WATCHED, detection={"action": "enforce"}),
-        ],
-        "detection_secret": "refusals-secret",
-        "detection_throttle_after": 1,
-        "detection_suspend_after": 2,
-        "detection_throttle_s": 2,
-    }
+    keys = {hashlib.sha256(k.encode()).hexdigest(): c for k, c in REFUSING_KEYS.items()}
+    settings = refusing_settings(keys, {"budgeted": 1}, throttle_s=2)
     with ServiceProcess(settings) as server:
         yield server
 

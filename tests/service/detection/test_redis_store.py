@@ -77,13 +77,13 @@ def test_the_same_token_observes_once(redis_server: RedisProcess) -> None:
         store = RedisDetectionStore(counter)
         policy = Policy(store_answers=True)
         args = ("key:a", "m", [image(b"x")], policy, 100.0)
-        first = await store.observe_with_token(*args, token="t1")
-        again = await store.observe_with_token(*args, token="t1")
+        first = await store.observe(*args, token="t1")
+        again = await store.observe(*args, token="t1")
         assert first == again
         assert (first.verdicts[0].seq, first.verdicts[0].layer) == (1, None)
         status = await store.status("key:a", policy, 100.0)
         assert status is not None and status.queries == 1 and status.flags == {}
-        other = await store.observe_with_token(*args, token="t2")  # a new request does repeat
+        other = await store.observe(*args, token="t2")  # a new request does repeat
         assert (other.verdicts[0].seq, other.verdicts[0].layer) == (2, "exact")
         assert other.verdicts[0].cached == b"x"
         await counter.close()
