@@ -2,7 +2,8 @@
 
 Layers, each importing only those below it: :mod:`~attacks_client.cli` (the command line) →
 :mod:`~attacks_client.evaluation` (experiments, the grid, reports) →
-:mod:`~attacks_client.attacks` (the eight attacks) → :mod:`~attacks_client.oracles` (the model
+:mod:`~attacks_client.attacks` (the paper's eight attacks and
+the ones beyond it) → :mod:`~attacks_client.oracles` (the model
 as a black box: HTTP, wrappers, the ART adapter); :mod:`~attacks_client.data` loads images.
 
     from attacks_client import HttpOracle, get_attack

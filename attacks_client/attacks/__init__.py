@@ -18,6 +18,8 @@ _SPECS: dict[str, str] = {
     "sign-opt": "attacks_client.attacks.sign_opt:SignOPT",
     "hsja": "attacks_client.attacks.hsja:HopSkipJump",
     "geoda": "attacks_client.attacks.geoda:GeoDA",
+    # beyond the paper: HSJA for noisy classifiers (Simon-Gabriel et al., ICML 2021)
+    "popskipjump": "attacks_client.attacks.popskip:PopSkipJump",
     # score-based
     "simba": "attacks_client.attacks.simba:SimBA",
     "simba-dct": "attacks_client.attacks.simba:SimBADCT",
@@ -25,6 +27,8 @@ _SPECS: dict[str, str] = {
     "subspace": "attacks_client.attacks.subspace:SubspaceAttack",
     # beyond the paper: the score attack noise defenses fear most (issue 26)
     "square": "attacks_client.attacks.square:SquareAttack",
+    # beyond the paper: the label-only L∞ ray search (Chen & Gu, KDD 2020)
+    "rays": "attacks_client.attacks.rays:RayS",
 }
 
 

@@ -35,7 +35,7 @@ from attacks_client.oracles import open_oracle
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGMAS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
-DEFAULT_ATTACKS = ("hsja", "simba-dct", "bandit-td", "square", "square-adaptive")
+DEFAULT_ATTACKS = ("hsja", "popskipjump", "simba-dct", "bandit-td", "square", "square-adaptive")
 
 
 @dataclass(frozen=True)

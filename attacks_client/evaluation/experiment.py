@@ -112,7 +112,9 @@ class AttackConfig:
             raise ValueError("repeat must be >= 1")
         if attack.norm not in ("l2", "linf"):
             raise ValueError(f"attack {attack.key!r}: norm must be 'l2' or 'linf'")
-        searches_linf = str(attack.params.get("norm", "2")).lower() in ("inf", "linf")
+        # the ball the attack searches: its ``norm`` with these params (RayS's default is L∞)
+        searched = getattr(ATTACKS[attack.name](**attack.params), "norm", "2")
+        searches_linf = str(searched).lower() in ("inf", "linf")
         if searches_linf != (attack.norm == "linf"):
             raise ValueError(
                 f"attack {attack.key!r} searches an {'L∞' if searches_linf else 'L2'} ball but "

@@ -21,6 +21,8 @@ ADAPTIVE_LABEL = "square (adaptive)"
 
 # attacks whose ball is a hyperparameter: calibrate and the demo set it to the evaluation's ε
 _BALL_ATTACKS = {"square"}
+# L∞-only attacks: judged in L∞ (at the experiment's ``linf_epsilons``), no early stop
+_LINF_ATTACKS = {"rays"}
 
 
 def adaptive_square(epsilon: float, norm: str = "2") -> AttackConfig:
@@ -50,6 +52,8 @@ def attack_row(name: str, epsilon: float) -> AttackConfig:
         return PRESETS[name](epsilon)
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; known: {', '.join(preset_names())}")
+    if name in _LINF_ATTACKS:
+        return AttackConfig(name=name, norm="linf")
     if name in _BALL_ATTACKS:
         return AttackConfig(name=name, params={"norm": "2", "epsilon": epsilon})
     return AttackConfig(name=name)

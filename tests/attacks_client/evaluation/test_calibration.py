@@ -71,12 +71,13 @@ def test_a_plan_is_checked() -> None:
     assert models[0]["defense"] == {"kind": "none"} and models[1]["weights"] == "w.pt"
     assert [a.key for a in experiment.attacks] == [
         "hsja",
+        "popskipjump",
         "simba-dct",
         "bandit-td",
         "square",
         "square (adaptive)",
     ]
-    square, adaptive = experiment.attacks[3:]
+    square, adaptive = experiment.attacks[4:]
     # the Square Attack searches the calibration's L2 ball; the adaptive one pays T per image
     assert square.params == {"norm": "2", "epsilon": plan.epsilon} and square.repeat == 1
     assert adaptive.params["epsilon"] == plan.epsilon and adaptive.repeat > 1

@@ -108,9 +108,12 @@ def test_the_norm_a_row_is_judged_in_must_match_the_ball_it_searches() -> None:
         }
     )
     assert ok.attacks[0].norm == "linf" and ok.linf_epsilons == (0.1, 0.3)
+    rays = Experiment.from_dict({**base, "attacks": [{"name": "rays", "norm": "linf"}]})
+    assert rays.attacks[0].norm == "linf"  # RayS searches L∞ by default
     for attack in (
         {"name": "square", "params": {"norm": "inf"}},  # an L∞ search judged in L2
         {"name": "square", "norm": "linf"},  # an L2 search judged in L∞
+        {"name": "rays"},  # RayS's default L∞ search judged in L2
         {"name": "hsja", "norm": "l1"},
     ):
         with pytest.raises(ValueError, match="norm"):
