@@ -139,3 +139,22 @@ def load_images(source: str = "embedded") -> ImageSet:
     raise FileNotFoundError(
         f"no image source {source!r}: use 'embedded', a CIFAR-10 batch directory or a .npz file"
     )
+
+
+START_POOL = 10
+"""Images in the pool a natural start is taken from (the reference's ``get_samples(n=10)``)."""
+
+STARTS = ("other-class",)
+"""What a decision attack may be offered as its start (``start`` on a grid row, ``--start``)."""
+
+
+def other_class_start(pool: ImageSet, label: int) -> np.ndarray | None:
+    """A natural start for a decision attack on an image of class ``label``: PopSkipJump's
+    experiment-mode rule (``img_utils.find_adversarial_images``, github.com/cjsg/PopSkipJump):
+    the pool's first image unless it has class ``label``, else its last image of another class
+    than the first's. None when the pool holds one class only."""
+    labels = [int(v) for v in pool.labels]
+    others = [i for i, v in enumerate(labels) if v != labels[0]] if labels else []
+    if not others:
+        return None
+    return pool.images[0] if label != labels[0] else pool.images[others[-1]]

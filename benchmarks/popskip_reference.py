@@ -14,7 +14,8 @@ queries, it runs
   experiment mode starts (``img_utils.find_adversarial_images``: a test image of another class,
   set without a query). Its answer at the budget is the last boundary point its info-max
   bisection returned (``bin_search_step``), the point the reference hands over;
-* ``ours``: ``popskipjump`` with its defaults;
+* ``ours``: ``popskipjump`` with its defaults, offered the same start (one query checks it);
+  ``ours-noise``: the same from HSJA's uniform-noise start (what it does when offered none);
 * ``hsja``, ``hsja-t5``, ``hsja-t10``: our HSJA, and the paper's adaptive HSJA that asks every
   query T times and votes (``RepeatOracle``), at the same budget of real queries.
 
@@ -31,6 +32,7 @@ import json
 import logging
 import multiprocessing
 import sys
+import textwrap
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -41,7 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from attacks_client.attacks import get_attack
-from attacks_client.data import load_images
+from attacks_client.data import START_POOL, ImageSet, load_images, other_class_start
 from attacks_client.evaluation.launch import LocalService
 from attacks_client.evaluation.records import majority_misclassified
 from attacks_client.evaluation.scoring import select_images
@@ -59,8 +61,9 @@ ENDPOINTS: dict[str, dict[str, Any]] = {
     "snd-0.02": {"kind": "snd", "sigma": 0.02},
     "snd-0.05": {"kind": "snd", "sigma": 0.05},
 }
-IMPLEMENTATIONS = ("authors", "ours", "hsja", "hsja-t5", "hsja-t10")
+IMPLEMENTATIONS = ("authors", "ours", "ours-noise", "hsja", "hsja-t5", "hsja-t10")
 EPSILONS = (1.5, 2.0)
+READING = "## Reading"
 
 
 @dataclass(frozen=True)
@@ -76,13 +79,6 @@ class Job:
     @property
     def key(self) -> tuple[str, str, int]:
         return (self.implementation, self.endpoint, self.image)
-
-
-def reference_start(labels: list[int], images: np.ndarray, label: int) -> np.ndarray:
-    """The authors' experiment-mode start (``img_utils.find_adversarial_images``): of a pool of
-    test images, the first unless it has ``label``, else the last of another class."""
-    other = max(i for i, pool_label in enumerate(labels) if pool_label != labels[0])
-    return images[0] if label != labels[0] else images[other]
 
 
 def run_authors(
@@ -148,21 +144,27 @@ def run_authors(
     return found[-1].numpy().reshape(image.shape).astype(np.float32), stop
 
 
-def run_job(job: Job, url: str, image: np.ndarray, start: np.ndarray) -> dict[str, Any]:
+def run_job(job: Job, url: str, image: np.ndarray, start: np.ndarray | None) -> dict[str, Any]:
     """One run; the record without verdicts (the parent judges)."""
     begin = time.perf_counter()
     with HttpOracle(url, job.endpoint, output="label", budget=job.budget) as http:
         if job.implementation == "authors":
+            assert start is not None, "the pool holds one class only"
             candidate, stop = run_authors(job, http, image, start)
         else:
             name, repeat = {
                 "ours": ("popskipjump", 1),
+                "ours-noise": ("popskipjump", 1),
                 "hsja": ("hsja", 1),
                 "hsja-t5": ("hsja", 5),
                 "hsja-t10": ("hsja", 10),
             }[job.implementation]
             oracle: Oracle = RepeatOracle(http, repeat) if repeat > 1 else http
-            result = get_attack(name)()(oracle, image, job.label, job.budget, seed=job.seed)
+            # HSJA and ours-noise: the noise start (ART's, HSJA's)
+            offered = start if job.implementation == "ours" else None
+            result = get_attack(name)()(
+                oracle, image, job.label, job.budget, seed=job.seed, start=offered
+            )
             candidate, stop = result.final_candidate, result.stop_reason
         queries = http.queries
     l2 = None if candidate is None else float(np.linalg.norm(candidate - image))
@@ -194,7 +196,7 @@ def judge(record: dict[str, Any], judges: dict[str, HttpOracle], draws: int) -> 
 def table(records: list[dict[str, Any]], endpoints: list[str]) -> str:
     """Success at each ε and the median L2 (a failed image counts as ∞) per endpoint."""
     head = ["Endpoint", "Attack", "Images"] + [f"ε={e}" for e in EPSILONS]
-    head += ["median L2", "queries (mean)", "s/image"]
+    head += ["median L2", "median L2, unjudged", "queries (mean)", "s/image"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for endpoint in endpoints:
         for impl in IMPLEMENTATIONS:
@@ -204,13 +206,26 @@ def table(records: list[dict[str, Any]], endpoints: list[str]) -> str:
             dist = [r["l2"] if r["adversarial"] else np.inf for r in rows]
             hits = [sum(d <= e * (1 + 1e-6) for d in dist) for e in EPSILONS]
             cells = [endpoint, impl, str(len(rows))] + [f"{h}/{len(rows)}" for h in hits]
+            raw = [np.inf if r["l2"] is None else r["l2"] for r in rows]
             cells += [
                 f"{float(np.median(dist)):.3f}",
+                f"{float(np.median(raw)):.3f}",
                 f"{np.mean([r['queries'] for r in rows]):.0f}",
                 f"{np.mean([r['seconds'] for r in rows]):.1f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def intro(doc: str) -> str:
+    """The module docstring as the page's introduction: its command block fenced."""
+    _, command, rest = doc.split("\n\n", 2)
+    return (
+        "```bash\n"
+        + textwrap.dedent(command).strip()
+        + "\n```\n\n"
+        + rest.split("Records go")[0].strip()
+    )
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -247,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         judges = {n: HttpOracle(service.url, n) for n in names}
         pool = select_images(data, max(args.images, 10), args.seed, judges["none"])
         samples = pool[: args.images]
-        pool_labels = [s.label for s in pool[:10]]
-        pool_images = np.stack([data.images[s.index] for s in pool[:10]])
+        first = [s.index for s in pool[:START_POOL]]
+        start_pool = ImageSet(data.images[first], data.labels[first])
         jobs = [
             Job(impl, e, s.index, s.label, args.budget, args.seed + s.index, args.reference)
             for e in args.endpoints
@@ -269,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                     job,
                     service.url,
                     data.images[job.image],
-                    reference_start(pool_labels, pool_images, job.label),
+                    other_class_start(start_pool, job.label),
                 ): job
                 for job in todo
             }
@@ -287,12 +302,15 @@ def main(argv: list[str] | None = None) -> int:
         argv if argv is not None else sys.argv[1:]
     )
     args.page.parent.mkdir(parents=True, exist_ok=True)
+    old = args.page.read_text() if args.page.exists() else ""
+    reading = old[old.index(READING) :] if READING in old else ""  # kept: written by hand
     args.page.write_text(
         "# PopSkipJump: ours next to the authors' code\n\n"
-        + (__doc__ or "").split("\n\n", 1)[1].split("Records go")[0].strip()
+        + intro(__doc__ or "")
         + f"\n\nCommand: `{command.strip()}`. Machine: {machine()}.\n\n"
         + table(records, args.endpoints)
         + "\n"
+        + ("\n" + reading if reading else "")
     )
     log.info("wrote %s", args.page)
     return 0

@@ -43,6 +43,17 @@ def uniform_noise_init(
     return dim_noise_init(oracle, rng, tries) if fallback else None
 
 
+def offered_start(oracle: AttackOracle) -> np.ndarray | None:
+    """The caller's ``start`` when one query finds it adversarial (None otherwise or without
+    one): foolbox 3's ``starting_points``, PopSkipJump's experiment-mode start."""
+    if oracle.start is None:
+        return None
+    if oracle.is_adversarial(oracle.start)[0]:
+        return oracle.start
+    log.info("the offered start is not adversarial; searching noise instead")
+    return None
+
+
 def dim_noise_init(oracle: AttackOracle, rng: np.random.Generator, tries: int) -> np.ndarray | None:
     """Noise of a random intensity, ``U[0, s]`` with ``s ~ U(0.05, 1)``, one query per draw:
     the fallback start when full-range noise always falls in the true class."""

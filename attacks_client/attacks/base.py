@@ -97,9 +97,13 @@ class AttackOracle:
         *,
         target: int | None = None,
         progress: Progress | None = None,
+        start: np.ndarray | None = None,
     ) -> None:
         self._oracle = oracle
         self.x0 = x0
+        self.start = start
+        """An image the caller offers as the start (e.g. a natural image of another class,
+        foolbox's ``starting_points``); attacks that take one ask it once, counted."""
         self.label = label
         self.target = target
         self.budget = budget
@@ -225,8 +229,10 @@ class Attack(ABC):
         target: int | None = None,
         seed: int | None = None,
         progress: Progress | None = None,
+        start: np.ndarray | None = None,
     ) -> AttackResult:
-        """Attack one image ``x0`` (C, H, W) in [0, 1] of true ``label`` within ``budget``."""
+        """Attack one image ``x0`` (C, H, W) in [0, 1] of true ``label`` within ``budget``;
+        ``start``: an image offered as the starting point (decision attacks that take one)."""
         x0 = np.asarray(x0, dtype=np.float32)
         if x0.shape != tuple(oracle.input_shape):
             raise ValueError(f"x0 has shape {x0.shape}, the model takes {oracle.input_shape}")
@@ -236,9 +242,15 @@ class Attack(ABC):
             raise ValueError("budget must be >= 1")
         if self.needs_scores and not oracle.has_scores:
             raise ScoresUnavailable(f"{self.name} needs scores; the endpoint answers labels only")
-        tracked = AttackOracle(oracle, x0, int(label), budget, target=target, progress=progress)
+        if start is not None:
+            start = np.asarray(start, dtype=np.float32)
+            if start.shape != x0.shape or start.min() < 0 or start.max() > 1:
+                raise ValueError("start must have x0's shape and lie in [0, 1]")
+        tracked = AttackOracle(
+            oracle, x0, int(label), budget, target=target, progress=progress, start=start
+        )
         rng = np.random.default_rng(seed)
-        start = time.perf_counter()
+        began = time.perf_counter()
         stop_reason = "converged"
         try:
             self.run(tracked, rng)
@@ -249,7 +261,7 @@ class Attack(ABC):
             label=int(label),
             budget=budget,
             queries=tracked.queries,
-            wall_time=time.perf_counter() - start,
+            wall_time=time.perf_counter() - began,
             stop_reason=stop_reason,
             updates=tracked.updates,
             query_l2=tracked.query_l2,

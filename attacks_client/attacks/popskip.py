@@ -43,10 +43,22 @@ Departures from the reference besides the reported point, each on the attacker's
 
 * L2 only: the reference's L∞ path moves away from x0 by unclipped powers of the perturbation
   and probes at ``d / grid_size`` times the distance; it does not carry over cleanly.
-* Start: HSJA's here (``_geometry.uniform_noise_init``: ``init_size`` uniform-noise draws, one
-  query each, then as many dim-noise ones). The reference's ``initialize_starting_point`` draws
-  uniform noise until one answer is adversarial (up to 10^4 draws) but never keeps the draw;
-  its experiments start from a test image of another class.
+* Start: the reference's experiments start from a test image of another class
+  (``img_utils.find_adversarial_images``), set without a query; here the caller offers one
+  (``start=`` of the call; ``start = "other-class"`` on a grid row or ``--start other-class``
+  picks it by the reference's rule, :func:`attacks_client.data.other_class_start`) and one
+  query checks it. It matters: behind SND 0.01 the same attack from a noise start succeeded
+  on 1 of 6 images where the natural start succeeded on 4 (docs/results/popskipjump.md: the
+  first search fixes eps for the whole run, and from noise the segment to x0 is long). Without one,
+  HSJA's start (``_geometry.uniform_noise_init``: ``init_size`` uniform-noise draws, one query
+  each, then as many dim-noise ones). The reference's own ``initialize_starting_point`` draws
+  uniform noise until one answer is adversarial but never keeps the draw.
+* A step whose far end is not adversarial (the search puts the boundary at the far end,
+  ``t = 0``: the whole segment answers the true label) is halved and searched again, up to
+  ``max_halvings`` (5) times (HSJA's geometric step search), else the last boundary is kept.
+  The reference follows such a step: its next boundary point is the far end, on the wrong side,
+  and from there every later step moves away. Behind SND 0.01 over HTTP this happened in 2 of
+  6 runs from a natural start (ended at L2 4.6-5.2; ``max_halvings=0`` restores it).
 * The search's stop rule is checked before the query the reference sends last and never uses
   (see ``_infomax``): same estimates, one query less per search.
 * Near the end of the budget the gradient estimate takes what is left after as many queries as
@@ -66,7 +78,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from attacks_client.attacks._geometry import clip01, l2, uniform_noise_init, unit
+from attacks_client.attacks._geometry import clip01, l2, offered_start, uniform_noise_init, unit
 from attacks_client.attacks._infomax import (
     MAX_STEPS,
     Estimate,
@@ -145,6 +157,7 @@ class PopSkipJump(Attack):
         init_size: uniform-noise draws of the start (and as many dim-noise ones with fallback).
         fallback: dim-noise start when uniform noise is never adversarial.
         report_level: posterior probability of the adversarial side a reported point needs.
+        max_halvings: halvings of a step whose far end is not adversarial (0: the reference).
     """
 
     name: ClassVar[str] = "popskipjump"
@@ -162,6 +175,7 @@ class PopSkipJump(Attack):
         init_size: int = 100,
         fallback: bool = True,
         report_level: float = 0.9,
+        max_halvings: int = 5,
     ) -> None:
         if num_iterations < 0 or initial_num_evals < 1 or max_num_evals < initial_num_evals:
             raise ValueError("need num_iterations >= 0 and 1 <= initial_num_evals <= max_num_evals")
@@ -169,6 +183,8 @@ class PopSkipJump(Attack):
             raise ValueError("need grid_size >= 2 and 0 <= prior_frac <= 1")
         if queries_per_step < 1 or max_search_steps < 1 or batch_size < 1 or init_size < 1:
             raise ValueError("queries_per_step, max_search_steps, batch_size, init_size >= 1")
+        if max_halvings < 0:
+            raise ValueError("max_halvings must be >= 0")
         if not 0.5 <= report_level < 1:
             raise ValueError("report_level must lie in [0.5, 1)")
         self.num_iterations = num_iterations
@@ -182,6 +198,7 @@ class PopSkipJump(Attack):
         self.init_size = init_size
         self.fallback = fallback
         self.report_level = report_level
+        self.max_halvings = max_halvings
 
     @staticmethod
     def target_cos(d: int, num_evals: int) -> float:
@@ -195,7 +212,9 @@ class PopSkipJump(Attack):
     def run(self, oracle: AttackOracle, rng: np.random.Generator) -> None:
         x0, d = oracle.x0, oracle.x0.size
         grid_size = self.grid_size or default_grid_size(d)
-        start = uniform_noise_init(oracle, rng, self.init_size, fallback=self.fallback)
+        start = offered_start(oracle)
+        if start is None:
+            start = uniform_noise_init(oracle, rng, self.init_size, fallback=self.fallback)
         if start is None:
             return
         oracle.report(start)
@@ -206,15 +225,21 @@ class PopSkipJump(Attack):
             delta = max(segment.far_l2 * math.sqrt(d) / grid_size, 1e-12)
             num_evals = self._num_evals(oracle, segment)
             update = self._gradient(oracle, rng, segment.boundary, num_evals, delta)
-            dist = l2(segment.boundary, x0)
-            stepped = clip01(segment.boundary + dist / math.sqrt(step) * update)
-            far = clip01(stepped + 0.5 * (stepped - x0))
+            size = l2(segment.boundary, x0) / math.sqrt(step)
             n_det = int(min(self.initial_num_evals * math.sqrt(step + 1), self.max_num_evals))
             target = self.target_cos(d, n_det)
             prior_frac = self._prior_frac(step)
-            segment = self._search(
-                oracle, rng, far, target, grid_size, segment.estimate, prior_frac, models
-            )
+            for _ in range(self.max_halvings + 1):
+                stepped = clip01(segment.boundary + size * update)
+                far = clip01(stepped + 0.5 * (stepped - x0))
+                found = self._search(
+                    oracle, rng, far, target, grid_size, segment.estimate, prior_frac, models
+                )
+                if found.estimate.t > 0.0:  # the far end is adversarial: a boundary to follow
+                    segment = found
+                    break
+                log.debug("psj iter %d: the step of %.4f left the adversarial side", step, size)
+                size /= 2.0
             log.debug(
                 "psj iter %d: boundary l2 %.4f, %d gradient queries, t %.3f s %.3g eps %.2f, "
                 "%d queries",

@@ -23,7 +23,7 @@ from rich.table import Table
 from attacks_client.attacks import ATTACKS, Attack, get_attack
 from attacks_client.attacks.params import attack_signature, parse_params
 from attacks_client.cli.common import CliError, Command, add_endpoint_arguments
-from attacks_client.data import ImageSet, load_images
+from attacks_client.data import START_POOL, STARTS, ImageSet, load_images, other_class_start
 from attacks_client.evaluation.scoring import (
     checkpoints_for,
     image_seed,
@@ -89,6 +89,13 @@ def configure_attack(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="add the attacker's own Gaussian noise of std S to every query (against "
         "stateful detection); with --repeat each repeat gets its own draw",
+    )
+    run.add_argument(
+        "--start",
+        choices=STARTS,
+        default=None,
+        help="offer a decision attack a natural start: of the data's first "
+        f"{START_POOL} images, one of another class (PopSkipJump's experiments)",
     )
     run.add_argument(
         "--param",
@@ -166,6 +173,9 @@ def _run(attack: Attack, data: ImageSet, args: argparse.Namespace) -> int:
             f"{http.input_shape}; pass --data with matching images"
         )
     samples = select_images(data, args.images, args.seed, evaluator, args.eval_draws)
+    pool = None
+    if args.start == "other-class":
+        pool = ImageSet(data.images[:START_POOL], data.labels[:START_POOL])
     if len(samples) < args.images:
         console.print(f"only {len(samples)} correctly classified images available")
     checkpoints = checkpoints_for(args.checkpoints, args.budget)
@@ -176,6 +186,7 @@ def _run(attack: Attack, data: ImageSet, args: argparse.Namespace) -> int:
         "repeat": args.repeat,
         "jitter": args.jitter,
         "eval_draws": args.eval_draws,
+        "start": args.start,
         "seed": args.seed,
     }
     stack = contextlib.ExitStack()
@@ -210,6 +221,7 @@ def _run(attack: Attack, data: ImageSet, args: argparse.Namespace) -> int:
                 args.budget,
                 seed=image_seed(args.seed, sample.index),
                 progress=report,
+                start=None if pool is None else other_class_start(pool, sample.label),
             )
             record = score_result(
                 result,

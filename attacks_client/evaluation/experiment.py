@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from attacks_client.attacks import ATTACKS
+from attacks_client.data import STARTS
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,9 @@ class AttackConfig:
     norm: str = "l2"
     """The distance the row is judged in: ``l2`` (at ``epsilons``) or ``linf`` (at
     ``linf_epsilons``)."""
+    start: str | None = None
+    """``"other-class"``: offer the attack a natural start, a test image of another class
+    (:func:`~attacks_client.data.other_class_start`; PopSkipJump's experiments)."""
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> AttackConfig:
@@ -121,6 +125,8 @@ class AttackConfig:
                 f"is judged in {attack.norm}: set norm = "
                 f'"{"linf" if searches_linf else "l2"}" on the row'
             )
+        if attack.start is not None and attack.start not in STARTS:
+            raise ValueError(f"attack {attack.key!r}: start must be one of {', '.join(STARTS)}")
         if attack.images is not None and attack.images < 1:
             raise ValueError("an attack's images must be >= 1")
         return attack

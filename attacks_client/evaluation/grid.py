@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from attacks_client.attacks import AttackResult, get_attack
-from attacks_client.data import ImageSet, load_images
+from attacks_client.data import START_POOL, ImageSet, load_images, other_class_start
 from attacks_client.evaluation.experiment import AttackConfig, EndpointConfig, Experiment
 from attacks_client.evaluation.launch import LocalService
 from attacks_client.evaluation.records import (
@@ -258,12 +258,17 @@ class Evaluation:
             oracle: Oracle = recording
             if attack.repeat > 1:
                 oracle = RepeatOracle(recording, attack.repeat, mean=attack_cls.repeat_mean)
+            label = int(data.labels[image])
+            start_image = None
+            if attack.start == "other-class":
+                start_image = other_class_start(self._start_pool(data), label)
             result = attack_cls(**attack.params)(
                 oracle,
                 data.images[image],
-                int(data.labels[image]),
+                label,
                 exp.budget,
                 seed=exp.seed + image,
+                start=start_image,
             )
             evaluator = stack.enter_context(self.oracle(endpoint, evaluator=True))
             verdicts = self.judge(evaluator, result)
@@ -286,6 +291,11 @@ class Evaluation:
             time.perf_counter() - start,
             judge_queries,
         )
+
+    def _start_pool(self, data: ImageSet) -> ImageSet:
+        """The experiment's first ``START_POOL`` images, where natural starts come from."""
+        pool = self.select_images(data)[:START_POOL]
+        return ImageSet(data.images[pool], data.labels[pool])
 
     def judge(self, evaluator: HttpOracle, result: AttackResult) -> dict[int, tuple[bool, int]]:
         """The evaluator's majority verdict on the candidate at each checkpoint (each distinct

@@ -99,6 +99,7 @@ def describe(experiment: Experiment) -> dict[str, Any]:
                 "repeat": a.repeat,
                 "params": a.params,
                 "norm": a.norm,
+                **({"start": a.start} if a.start else {}),
             }
             for a in experiment.attacks
         ],

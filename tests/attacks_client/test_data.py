@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attacks_client.data import cifar10_dir, embedded_mnist, load_images, npz_file
+from attacks_client.data import (
+    ImageSet,
+    cifar10_dir,
+    embedded_mnist,
+    load_images,
+    npz_file,
+    other_class_start,
+)
 
 
 @pytest.mark.parametrize("split", ["test", "attacker-proxy"])
@@ -55,3 +62,14 @@ def test_npz_channel_last_uint8(tmp_path: Path) -> None:
     assert load_images(str(tmp_path / "set.npz")).labels.tolist() == [0, 1, 2, 3, 4]
     with pytest.raises(FileNotFoundError, match="no image source"):
         load_images(str(tmp_path / "missing.npz"))
+
+
+def test_the_natural_start_follows_popskipjumps_rule() -> None:
+    """img_utils.find_adversarial_images: the pool's first image, unless the attacked image
+    has its class; then the pool's last image of another class than the first's."""
+    pool = ImageSet(np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1), np.array([3, 3, 5, 7, 3]))
+    first, last_other = other_class_start(pool, 5), other_class_start(pool, 3)
+    assert first is not None and first.item() == 0
+    assert last_other is not None and last_other.item() == 3  # the 7, not the 5
+    one_class = ImageSet(pool.images[:2], pool.labels[:2])
+    assert other_class_start(one_class, 3) is None

@@ -217,6 +217,7 @@ def test_hyperparameters_and_defaults() -> None:
         "init_size": 100,
         "fallback": True,
         "report_level": 0.9,
+        "max_halvings": 5,
     }
     assert default_grid_size(28 * 28) == 100 and default_grid_size(3 * 32 * 32) == 300
     parsed = parse_params(PopSkipJump, ["grid_size=50", "prior_frac=0", "report_level=0.8"])
@@ -234,3 +235,63 @@ def test_hyperparameters_and_defaults() -> None:
     ]
     with pytest.raises(ValueError):
         PopSkipJump(report_level=0.4)
+
+
+def test_an_offered_start_is_checked_once_and_searched_from(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reference's experiments start from a natural image of another class: an offered
+    start costs one query (counted) and is the first search's far end; one that is not
+    adversarial is dropped for the noise search."""
+    searches = recorded_searches(monkeypatch)
+    space = HalfSpace()
+    start = np.clip(space.x0 + 1.5 * NORMAL.reshape(SHAPE), 0, 1).astype(np.float32)
+    assert space.margin(start[None])[0] > 0
+    result = PopSkipJump(num_iterations=1)(space.oracle(), space.x0, 0, 50_000, seed=0, start=start)
+    assert space.batches[0] == 1 and result.updates[0].queries == 1  # the check, then reported
+    np.testing.assert_array_equal(result.updates[0].candidate, start)
+    np.testing.assert_array_equal(searches[0][1], start)
+
+    searches.clear()
+    space = HalfSpace()
+    inside = np.clip(space.x0 - 0.5 * NORMAL.reshape(SHAPE), 0, 1).astype(np.float32)
+    result = PopSkipJump(num_iterations=1)(
+        space.oracle(), space.x0, 0, 50_000, seed=0, start=inside
+    )
+    assert not np.array_equal(searches[0][1], inside)  # a noise start instead
+    assert result.updates[0].queries > 1 and sum(space.batches) == result.queries
+    with pytest.raises(ValueError, match="start"):
+        PopSkipJump()(space.oracle(), space.x0, 0, 100, start=np.zeros((1, 2, 2), np.float32))
+
+
+def test_a_step_off_the_adversarial_side_is_halved(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first gradient pointing into the true class sends the far end there (the search puts
+    the boundary at t = 0); the step is halved until the far end is adversarial again. With
+    ``max_halvings=0`` (the reference) the boundary point becomes that far end, on the wrong
+    side."""
+    wrong = -NORMAL.reshape(SHAPE).astype(np.float32)
+    gradient = PopSkipJump._gradient
+    calls: list[int] = []
+
+    def first_wrong(self: PopSkipJump, *args: Any) -> np.ndarray:
+        calls.append(1)
+        return wrong if len(calls) == 1 else gradient(self, *args)
+
+    monkeypatch.setattr(PopSkipJump, "_gradient", first_wrong)
+    for halvings in (5, 0):
+        searches = recorded_searches(monkeypatch)
+        calls.clear()
+        space = HalfSpace()
+        start = np.clip(space.x0 + 1.5 * NORMAL.reshape(SHAPE), 0, 1).astype(np.float32)
+        PopSkipJump(num_iterations=1, max_halvings=halvings)(
+            space.oracle(), space.x0, 0, 50_000, seed=0, start=start
+        )
+        ts = [estimate.t for estimate, _ in searches]
+        fars = np.stack([far for _, far in searches])
+        assert ts[1] == 0.0 and space.margin(fars[1:2])[0] < 0  # stepped into class 0
+        if halvings:
+            # the boundary point lies ~MARGIN from x0: margin(far) = MARGIN / 2 - 1.5 h, so
+            # the step h = MARGIN is halved until h < MARGIN / 3, then the far end is adversarial
+            assert ts[-1] > 0 and space.margin(fars[-1:])[0] > 0 and 2 < len(ts) <= 7
+        else:
+            assert len(ts) == 2

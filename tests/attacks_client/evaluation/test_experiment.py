@@ -110,6 +110,12 @@ def test_the_norm_a_row_is_judged_in_must_match_the_ball_it_searches() -> None:
     assert ok.attacks[0].norm == "linf" and ok.linf_epsilons == (0.1, 0.3)
     rays = Experiment.from_dict({**base, "attacks": [{"name": "rays", "norm": "linf"}]})
     assert rays.attacks[0].norm == "linf"  # RayS searches L∞ by default
+    psj = Experiment.from_dict(
+        {**base, "attacks": [{"name": "popskipjump", "start": "other-class"}]}
+    )
+    assert psj.attacks[0].start == "other-class"
+    with pytest.raises(ValueError, match="start must be one of other-class"):
+        Experiment.from_dict({**base, "attacks": [{"name": "popskipjump", "start": "nearest"}]})
     for attack in (
         {"name": "square", "params": {"norm": "inf"}},  # an L∞ search judged in L2
         {"name": "square", "norm": "linf"},  # an L2 search judged in L∞
