@@ -85,6 +85,13 @@ class EndpointConfig:
         return endpoint
 
 
+def searched_norm(name: str, params: dict[str, Any]) -> str:
+    """The ball the attack searches with these params, ``l2`` or ``linf``: its ``norm``
+    hyperparameter where it has one (Square's default is L2, RayS's L∞), else L2."""
+    norm = str(getattr(ATTACKS[name](**params), "norm", "2")).lower()
+    return "linf" if norm in ("inf", "linf") else "l2"
+
+
 @dataclass(frozen=True)
 class AttackConfig:
     """One attack of the grid; ``repeat`` > 1 makes it the adaptive (expectation) attack."""
@@ -116,9 +123,7 @@ class AttackConfig:
             raise ValueError("repeat must be >= 1")
         if attack.norm not in ("l2", "linf"):
             raise ValueError(f"attack {attack.key!r}: norm must be 'l2' or 'linf'")
-        # the ball the attack searches: its ``norm`` with these params (RayS's default is L∞)
-        searched = getattr(ATTACKS[attack.name](**attack.params), "norm", "2")
-        searches_linf = str(searched).lower() in ("inf", "linf")
+        searches_linf = searched_norm(attack.name, attack.params) == "linf"
         if searches_linf != (attack.norm == "linf"):
             raise ValueError(
                 f"attack {attack.key!r} searches an {'L∞' if searches_linf else 'L2'} ball but "

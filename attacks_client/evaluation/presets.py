@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from attacks_client.attacks import ATTACKS
-from attacks_client.evaluation.experiment import AttackConfig
+from attacks_client.evaluation.experiment import AttackConfig, searched_norm
 
 ADAPTIVE_SQUARE: dict[str, Any] = {"repeat": 4, "params": {"confirm": 3}}
 """Repeat T (mean log-probability of T draws) and the Square Attack's noise-aware options."""
@@ -21,8 +21,6 @@ ADAPTIVE_LABEL = "square (adaptive)"
 
 # attacks whose ball is a hyperparameter: calibrate and the demo set it to the evaluation's ε
 _BALL_ATTACKS = {"square"}
-# L∞-only attacks: judged in L∞ (at the experiment's ``linf_epsilons``), no early stop
-_LINF_ATTACKS = {"rays"}
 
 
 def adaptive_square(epsilon: float, norm: str = "2") -> AttackConfig:
@@ -52,11 +50,10 @@ def attack_row(name: str, epsilon: float) -> AttackConfig:
         return PRESETS[name](epsilon)
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; known: {', '.join(preset_names())}")
-    if name in _LINF_ATTACKS:
-        return AttackConfig(name=name, norm="linf")
     if name in _BALL_ATTACKS:
         return AttackConfig(name=name, params={"norm": "2", "epsilon": epsilon})
-    return AttackConfig(name=name)
+    # an attack that searches L∞ by default (RayS) is judged in L∞, at linf_epsilons
+    return AttackConfig(name=name, norm=searched_norm(name, {}))
 
 
 def row_key(name: str, epsilon: float = 1.5) -> str:
