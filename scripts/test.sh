@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv EXTRAS=test,plots,parity,oip EDITABLE=1 INSTALL_REDIS=1 bash scripts/install.sh
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest --durations=30 "$@"
