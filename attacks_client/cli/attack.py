@@ -1,9 +1,10 @@
 """``python -m attacks_client <attack> --url ...``: one attack on N images, scored and tabled.
 
-Success at checkpoint q: the attack held a candidate after q queries, its L2 distance to x0 is at
-most epsilon, and a separate evaluator identity (not counted against the attack) sees it
-misclassified in the majority of ``--eval-draws`` draws. One JSONL record per image
-(``--output``) and a summary table.
+Success at checkpoint q: the attack held a candidate after q queries, its distance to x0 is at
+most epsilon (L2, or L∞ for an attack that searches an L∞ ball: ``--judge-norm``), and a
+separate evaluator identity (not counted against the attack) sees it misclassified in the
+majority of ``--eval-draws`` draws. One JSONL record per image (``--output``) and a summary
+table.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from attacks_client.attacks import ATTACKS, Attack, get_attack
 from attacks_client.attacks.params import attack_signature, parse_params
 from attacks_client.cli.common import CliError, Command, add_endpoint_arguments
 from attacks_client.data import START_POOL, STARTS, ImageSet, load_images, other_class_start
+from attacks_client.evaluation.experiment import searched_norm
 from attacks_client.evaluation.scoring import (
     checkpoints_for,
     image_seed,
@@ -61,8 +63,16 @@ def configure_attack(parser: argparse.ArgumentParser) -> None:
         "--epsilon",
         type=float,
         nargs="+",
-        default=[1.0],
-        help="L2 thresholds for success (several allowed)",
+        default=None,
+        help="success thresholds in the judged norm, several allowed (default: L2 1.0; "
+        "in L∞ the attack's own epsilon, else 0.3)",
+    )
+    run.add_argument(
+        "--judge-norm",
+        choices=("l2", "linf"),
+        default=None,
+        help="the distance success is judged in (default: the ball the attack searches: "
+        "L∞ for rays and square with norm=inf, else L2)",
     )
     run.add_argument(
         "--checkpoints",
@@ -140,6 +150,13 @@ def run_attack_command(name: str, args: argparse.Namespace) -> int:
         )
     if args.jitter < 0:
         raise CliError("--jitter must be >= 0")
+    if args.judge_norm is None:
+        args.judge_norm = searched_norm(name, params)
+    if args.epsilon is None:
+        own = getattr(attack, "epsilon", None)
+        args.epsilon = (
+            [1.0] if args.judge_norm == "l2" else [float(own) if own is not None else 0.3]
+        )
     data = load_images(args.data)
     return _run(attack, data, args)
 
@@ -232,6 +249,7 @@ def _run(attack: Attack, data: ImageSet, args: argparse.Namespace) -> int:
                 args.eval_draws,
                 stride=args.trajectory_stride,
                 extra=common,
+                norm=args.judge_norm,
             )
             records.append(record)
             if out is not None:
@@ -257,8 +275,9 @@ def _run(attack: Attack, data: ImageSet, args: argparse.Namespace) -> int:
         f"defense {http.defense.get('kind', '?')})"
     )
     table.add_column("queries", justify="right")
+    symbol = "ε∞" if args.judge_norm == "linf" else "ε"
     for eps in args.epsilon:
-        table.add_column(f"success ε={eps:g}", justify="right")
+        table.add_column(f"success {symbol}={eps:g}", justify="right")
     for column in ("median L2", "mean L2 (found)", "mean ‖x0−x_q‖"):
         table.add_column(column, justify="right")
     for row in summarize(records, args.epsilon):

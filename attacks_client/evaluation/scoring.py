@@ -17,6 +17,8 @@ import numpy as np
 
 from attacks_client.attacks import AttackResult
 from attacks_client.data import ImageSet
+from attacks_client.evaluation.measures import LINF_TOLERANCE
+from attacks_client.evaluation.records import linf_distance
 from attacks_client.oracles import Oracle
 
 
@@ -88,8 +90,12 @@ def score_result(
     *,
     stride: int = 10,
     extra: dict[str, Any] | None = None,
+    norm: str = "l2",
 ) -> dict[str, Any]:
-    """The JSONL record of one attacked image, with the evaluator's verdicts."""
+    """The JSONL record of one attacked image, with the evaluator's verdicts. ``success`` is
+    judged in ``norm`` (``l2`` or ``linf``) at ``epsilons``; both distances are recorded."""
+    if norm not in ("l2", "linf"):
+        raise ValueError(f"norm must be 'l2' or 'linf', not {norm!r}")
     candidates = [result.candidate_at(q) for q in checkpoints]
     present = [i for i, c in enumerate(candidates) if c is not None]
     verdict = np.zeros(len(checkpoints), bool)
@@ -97,6 +103,10 @@ def score_result(
         batch = np.stack([candidates[i] for i in present])  # type: ignore[misc]
         verdict[present] = misclassified(evaluator, batch, sample.label, draws)
     l2 = [result.l2_at(q) for q in checkpoints]
+    found = [None if c is None else linf_distance(c, result.x0) for c in candidates]
+    linf = [math.inf if d is None else d for d in found]
+    # the grid's rule (measures.distance): float32 rounding of x0 ± ε is not a step outside
+    judged = [max(d - LINF_TOLERANCE, 0.0) for d in linf] if norm == "linf" else l2
     query_l2 = result.query_l2
     at_query = [
         _finite(float(query_l2[min(q, len(query_l2)) - 1])) if len(query_l2) else None
@@ -114,9 +124,11 @@ def score_result(
         "wall_time": round(result.wall_time, 3),
         "checkpoints": list(checkpoints),
         "l2": [_finite(v) for v in l2],
+        "linf": [_finite(v) for v in linf],
+        "norm": norm,
         "misclassified": verdict.tolist(),
         "success": {
-            f"{eps:g}": [bool(v and d <= eps) for v, d in zip(verdict, l2, strict=True)]
+            f"{eps:g}": [bool(v and d <= eps) for v, d in zip(verdict, judged, strict=True)]
             for eps in epsilons
         },
         "query_l2_at": at_query,

@@ -209,7 +209,7 @@ def test_square_command_runs_in_both_norms_and_adaptive(
     runs = {
         "l2": ["--param", "norm=2", "--param", "epsilon=1.5", "--epsilon", "1.5"],
         "adaptive": ["--repeat", "4", "--param", "confirm=3", "--epsilon", "1.5"],
-        "linf": ["--param", "norm=inf", "--param", "epsilon=0.3", "--epsilon", "100"],
+        "linf": ["--param", "norm=inf", "--param", "epsilon=0.3"],  # judged in L∞ at 0.3
     }
     for name, extra in runs.items():
         output = tmp_path / f"{name}.jsonl"
@@ -220,8 +220,14 @@ def test_square_command_runs_in_both_norms_and_adaptive(
             assert record["attack"] == "square" and record["queries"] <= 400
             l2 = [v for v in record["l2"] if v is not None]
             if name != "linf":
+                assert record["norm"] == "l2" and set(record["success"]) == {"1.5"}
                 assert all(v <= 1.5 + 1e-5 for v in l2)
                 assert record["queries"] % 4 == 0 if name == "adaptive" else True
+            else:  # the L∞ ball's attack is judged in L∞, at its own epsilon by default
+                assert record["norm"] == "linf" and set(record["success"]) == {"0.3"}
+                assert all(v <= 0.3 + 1e-6 for v in record["linf"] if v is not None)
+                assert record["success"]["0.3"][-1]
+                assert max(v for v in l2) > 0.3  # so an L2 verdict at 0.3 would say fail
         # undefended, Square fools the first image (459) within 400 queries at these radii (L2
         # 1.5: about 50-140 queries, also adaptive; L∞ 0.3: 1)
         assert records[0]["misclassified"][-1], (name, records[0]["queries"])
