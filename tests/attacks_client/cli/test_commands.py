@@ -35,7 +35,7 @@ def test_demo_prints_both_rows(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert "undefended" in out.stdout and "snd-0.01" in out.stdout
     assert "hsja succeeded on" in out.stdout and "simba-dct succeeded on" in out.stdout
-    assert "square (adaptive) succeeded on" in out.stdout
+    assert "square (confirm=3) succeeded on" in out.stdout
     # the closing sentence names the strongest attack behind SND, or says none succeeded
     assert "The strongest attack here" in out.stdout or "No attack here succeeded" in out.stdout
     assert (tmp_path / "demo" / "records.jsonl").read_text().count("\n") == 3 * 1 * 2

@@ -75,12 +75,13 @@ def test_a_plan_is_checked() -> None:
         "simba-dct",
         "bandit-td",
         "square",
-        "square (adaptive)",
+        "square (confirm=3)",
     ]
     square, adaptive = experiment.attacks[4:]
-    # the Square Attack searches the calibration's L2 ball; the adaptive one pays T per image
+    # the Square Attack searches the calibration's L2 ball; the adaptive one confirms a success
+    # on 3 fresh answers before it stops
     assert square.params == {"norm": "2", "epsilon": plan.epsilon} and square.repeat == 1
-    assert adaptive.params["epsilon"] == plan.epsilon and adaptive.repeat > 1
+    assert adaptive.params == {"norm": "2", "epsilon": plan.epsilon, "confirm": 3}
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
