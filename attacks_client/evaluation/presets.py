@@ -18,9 +18,9 @@ from attacks_client.evaluation.experiment import AttackConfig, searched_norm
 ADAPTIVE_SQUARE: dict[str, Any] = {"repeat": 1, "params": {"confirm": 3}}
 """Repeat T (mean log-probability of T draws) and the Square Attack's noise-aware options:
 ``confirm = 3`` alone, one draw per query. On the embedded grid it beat ``T = 4, confirm = 3``
-(the first choice) undefended and behind SND 0.001 and 0.01, tied at 0.02 and was one image
-behind at 0.05, where neither found a real adversarial; of seven variants it was strongest
-behind SND 0.01 (docs/results/square-variants.md)."""
+(the first choice) undefended and behind SND 0.001 and 0.01; ``T = 4`` was ahead at 0.02 and
+0.05 (at 0.05 neither found a real adversarial). Of seven variants it was strongest behind SND
+0.01 (docs/results/square-variants.md)."""
 
 ADAPTIVE_LABEL = "square (confirm=3)"
 
