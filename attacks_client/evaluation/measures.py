@@ -18,11 +18,16 @@ LINF_TOLERANCE = 1e-6
 """float32 rounding of x0 ± ε: a candidate on the L∞ sphere reads up to a few 1e-8 beyond it."""
 
 
+def judged_linf(value: float) -> float:
+    """An L∞ distance as it is compared with a radius: less the float32 rounding tolerance."""
+    return max(float(value) - LINF_TOLERANCE, 0.0)
+
+
 def distance(record: dict[str, Any], checkpoint: dict[str, Any]) -> float | None:
     """The candidate's distance in the norm the record is judged in (L2 unless ``linf``)."""
     if record.get("norm") == "linf":
         value = checkpoint.get("linf")
-        return None if value is None else max(float(value) - LINF_TOLERANCE, 0.0)
+        return None if value is None else judged_linf(value)
     return checkpoint["l2"]
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from attacks_client.attacks import AttackResult
 from attacks_client.data import ImageSet
-from attacks_client.evaluation.measures import LINF_TOLERANCE
+from attacks_client.evaluation.measures import judged_linf
 from attacks_client.evaluation.records import linf_distance
 from attacks_client.oracles import Oracle
 
@@ -105,8 +105,7 @@ def score_result(
     l2 = [result.l2_at(q) for q in checkpoints]
     found = [None if c is None else linf_distance(c, result.x0) for c in candidates]
     linf = [math.inf if d is None else d for d in found]
-    # the grid's rule (measures.distance): float32 rounding of x0 ± ε is not a step outside
-    judged = [max(d - LINF_TOLERANCE, 0.0) for d in linf] if norm == "linf" else l2
+    judged = [judged_linf(d) for d in linf] if norm == "linf" else l2  # the grid's rule
     query_l2 = result.query_l2
     at_query = [
         _finite(float(query_l2[min(q, len(query_l2)) - 1])) if len(query_l2) else None
