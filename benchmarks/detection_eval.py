@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import logging
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import numpy as np
 from rich.progress import Progress
 
 from attacks_client import get_attack
-from attacks_client.data import embedded_mnist
+from attacks_client.data import START_POOL, ImageSet, embedded_mnist, other_class_start
 from attacks_client.evaluation.scoring import score_result, select_images
 from attacks_client.oracles import HttpOracle, JitterOracle, Oracle, OracleWrapper, RepeatOracle
 from benchmarks.detection_benign import SECRET, Overlap, benign_part, redis_bytes_per_query
@@ -61,16 +62,38 @@ class Config:
     attack: str
     repeat: int = 1
     jitter: float = 0.0
+    params: tuple[tuple[str, Any], ...] = ()
+    start: str | None = None
+    norm: str = "l2"
+    name: str | None = None
 
     @property
     def label(self) -> str:
+        if self.name:
+            return self.name
         parts = [self.attack] + ([f"T={self.repeat}"] if self.repeat > 1 else [])
         return " ".join(parts + ([f"S={self.jitter:g}"] if self.jitter else []))
 
 
+NOISE_AWARE = [
+    Config(
+        "square",
+        params=(("norm", "2"), ("epsilon", EPSILON), ("confirm", 3)),
+        name="square (confirm=3)",
+    ),
+    Config("popskipjump", start="other-class"),
+    Config("rays", norm="linf", name="rays (L∞ 0.3)"),
+    Config("rays", params=(("confirm", 5),), norm="linf", name="rays (confirm=5, L∞ 0.3)"),
+]
+"""The attacks SND fears most (docs/results.md): the adaptive Square, PopSkipJump from its
+natural start, RayS plain and with a confirmed handover, judged in L∞ at ``LINF_EPSILON``."""
+LINF_EPSILON = 0.3
+
+
 def configs() -> list[Config]:
     out = [Config(a) for a in ATTACK_NAMES] + [Config("hsja", 5), Config("hsja", 10)]
-    return out + [Config("hsja", 5, k * SIGMA) for k in (0.25, 0.5, 1.0, 2.0)]
+    out += [Config("hsja", 5, k * SIGMA) for k in (0.25, 0.5, 1.0, 2.0)]
+    return out + NOISE_AWARE
 
 
 class Fingerprinting(OracleWrapper):
@@ -173,8 +196,9 @@ def run_config(
     sample: Any,
     evaluator: Oracle,
     seed: int,
+    start: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    attack = get_attack(config.attack)()
+    attack = get_attack(config.attack)(**dict(config.params))
     model = gateway.model(defended, action)
     http = gateway.oracle(model, "scores" if attack.needs_scores else "label")
     gateway.forget()
@@ -182,58 +206,80 @@ def run_config(
     sent: Oracle = JitterOracle(recorder, config.jitter, seed=seed) if config.jitter else recorder
     oracle: Oracle = RepeatOracle(sent, config.repeat) if config.repeat > 1 else sent
     try:
-        result = attack(oracle, sample.image, sample.label, budget, seed=seed)
+        result = attack(oracle, sample.image, sample.label, budget, seed=seed, start=start)
     finally:
         http.close()
-    record = score_result(result, sample, evaluator, [budget], [EPSILON], 10)
+    epsilon = LINF_EPSILON if config.norm == "linf" else EPSILON
+    record = score_result(result, sample, evaluator, [budget], [epsilon], 10, norm=config.norm)
     return {
         "queries_answered": http.queries,
         "stop_reason": result.stop_reason,
-        "success": bool(record["success"][f"{EPSILON:g}"][0]),
+        "success": bool(record["success"][f"{epsilon:g}"][0]),
         "l2": record["l2"][0],
+        "linf": record["linf"][0],
         "overlap": recorder.overlap.best,
         **(gateway.flags(model) if action != "off" else {}),
     }
 
 
-def attacks_part(args: argparse.Namespace) -> list[dict[str, Any]]:
+def attacks_part(args: argparse.Namespace, chosen: list[Config]) -> list[dict[str, Any]]:
     data = embedded_mnist("test")
     rows = []
-    plan = [(c, d) for d in (True, False) for c in configs()]
+    plan = [(c, d) for d in (True, False) for c in chosen]
     with Gateway() as gateway, Progress() as progress:
         task = progress.add_task("attack runs", total=len(plan) * args.images)
         for defended in (True, False):
             evaluator = gateway.evaluator(defended)
-            samples = select_images(data, args.images, args.seed, evaluator, 10)
+            selected = select_images(data, max(args.images, START_POOL), args.seed, evaluator, 10)
+            samples = selected[: args.images]
+            pool = ImageSet(
+                np.stack([s.image for s in selected[:START_POOL]]),
+                np.array([s.label for s in selected[:START_POOL]]),
+            )
             for config, _ in [p for p in plan if p[1] == defended]:
                 for sample in samples:
                     seed = args.seed + sample.index
-                    shadow = run_config(
-                        gateway,
-                        config,
-                        defended,
-                        "shadow",
-                        args.shadow_budget,
-                        sample,
-                        evaluator,
-                        seed,
+                    start = (
+                        other_class_start(pool, sample.label)
+                        if config.start == "other-class"
+                        else None
                     )
-                    enforce = run_config(
-                        gateway, config, defended, "enforce", args.budget, sample, evaluator, seed
-                    )
+                    runs = {
+                        action: run_config(
+                            gateway,
+                            config,
+                            defended,
+                            action,
+                            args.shadow_budget if action == "shadow" else args.budget,
+                            sample,
+                            evaluator,
+                            seed,
+                            start,
+                        )
+                        for action in ("shadow", "enforce")
+                    }
                     rows.append(
                         {
                             "config": config.label,
                             "snd": defended,
                             "image": sample.index,
-                            "overlap": shadow.pop("overlap"),
-                            "shadow": shadow,
-                            "enforce": {k: v for k, v in enforce.items() if k != "overlap"},
+                            "overlap": runs["shadow"].pop("overlap"),
+                            "shadow": runs["shadow"],
+                            "enforce": {k: v for k, v in runs["enforce"].items() if k != "overlap"},
                         }
                     )
                     progress.advance(task)
             evaluator.close()
     return rows
+
+
+def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``old`` with the configurations measured in ``new`` replaced, ordered as the report
+    reads them: SND first, then :func:`configs` order."""
+    labels = {r["config"] for r in new}
+    rank = {c.label: i for i, c in enumerate(configs())}
+    rows = [r for r in old if r["config"] not in labels] + new
+    return sorted(rows, key=lambda r: (not r["snd"], rank.get(r["config"], len(rank))))
 
 
 BASELINES = [
@@ -276,11 +322,20 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parts", nargs="+", default=["benign", "bytes", "attacks", "baseline"])
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        metavar="LABEL",
+        help="measure only these attack configurations (labels as in the table, e.g. "
+        "popskipjump) and merge them into the existing attacks.json",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     OUT.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.detection_eval " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "parts"
+        f"--{k.replace('_', '-')} {v}"
+        for k, v in vars(args).items()
+        if k not in ("parts", "configs")
     )
     if "benign" in args.parts:
         (OUT / "benign.json").write_text(
@@ -294,9 +349,24 @@ def main() -> None:
         rows = baseline_part(args)
         (OUT / "baseline.json").write_text(json.dumps({"command": command, "rows": rows}))
     if "attacks" in args.parts:
-        (OUT / "attacks.json").write_text(
-            json.dumps({"command": command, "rows": attacks_part(args)})
-        )
+        path = OUT / "attacks.json"
+        if args.configs:
+            known = {c.label: c for c in configs()}
+            unknown = [label for label in args.configs if label not in known]
+            if unknown:
+                parser.error(f"unknown configurations {unknown}; known: {sorted(known)}")
+            old = json.loads(path.read_text()) if path.exists() else {"rows": []}
+            new = attacks_part(args, [known[label] for label in args.configs])
+            rows = merge_rows(old["rows"], new)
+            added = f"{command} --parts attacks --configs " + " ".join(
+                map(shlex.quote, args.configs)
+            )
+            commands = [*old.get("commands", [old.get("command", "")]), added]
+        else:
+            rows = attacks_part(args, configs())
+            commands = [command]
+        payload = {"command": commands[0], "commands": commands, "rows": rows}
+        path.write_text(json.dumps(payload))
 
 
 if __name__ == "__main__":

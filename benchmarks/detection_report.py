@@ -178,7 +178,7 @@ def main() -> None:
         "",
         "Produced by:",
         "",
-        f"    {attacks['command']}",
+        *(f"    {c}" for c in attacks.get("commands", [attacks["command"]])),
         "    python -m benchmarks.detection_report",
         "",
         "## Attacks",
