@@ -146,11 +146,23 @@ by an evaluator on an undetected copy of the model (10 draws, majority).
   detector can link. The repeat attack (T = 5, 10) is flagged at query 2 (target ≤ 2T).
   Distinct-image benign streams: 0 of 26,000 queries flagged (target ≤ 1% of streams, ≤ 1e-4
   per query).
-- **Enforce stops every attack here.** 0/5 successes in every row, including no noise at all,
-  where the same attacks without detection reach (docs/results.md, 50 images, 10k queries,
+- **Enforce stops every L2 attack here.** 0/5 successes in every L2 row, including no noise at
+  all, where the same attacks without detection reach (docs/results.md, 50 images, 10k queries,
   ε = 1.5) HSJA 86%, Sign-OPT 92%, Boundary 42%. Callers are throttled after 21-66 answered
   queries; HSJA and Sign-OPT reach suspension after ~125. "state: ok" rows (Bandit-TD, Subspace)
   are runs that stopped by themselves before 20 flags.
+- **The noise-aware attacks (issue 29) are flagged as fast.** The adaptive Square
+  (`confirm=3`) at query 2 (its confirmations are exact repeats), RayS at query 7 (its
+  bisection's probes lie on one ray), PopSkipJump at query 8; all are throttled, PopSkipJump
+  after ~130 answered queries (only 8-16% of its queries are flagged: its gradient probes are
+  spread on a sphere, its bisections are not). **One success under enforce: RayS at
+  ε∞ = 0.3, 3/5** with and without SND: in the 31 queries answered before the throttle (its
+  first rays and their bisections) it already holds a point within 0.3 of x0 that the noise
+  does not undo (that radius is loose on MNIST: docs/results.md, the L∞ table). RayS with a
+  confirmed handover (`confirm=5`) gets 0/5: its confirmations are exact repeats, answered
+  from the cache and throttled before they can confirm. Without
+  escalation (the grid's `snd-0.01-enforce` endpoint: flags and cached answers, never a
+  throttle) PopSkipJump succeeds on 6/10 at ε = 1.5: what stops it here is the throttle.
 - **The dilemma.** Adaptive HSJA with its own noise: S ≤ σ/2 is flagged at once; S = σ is
   flagged in every run but later (median query 107, 7% of queries), and is throttled after ~940
   answered queries; S = 2σ = 0.02 is never flagged and runs its full 10k budget, and then
