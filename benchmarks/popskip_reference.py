@@ -138,8 +138,7 @@ def run_job(job: Job, url: str, image: np.ndarray, start: np.ndarray | None) -> 
             )
             candidate, stop = result.final_candidate, result.stop_reason
         queries = http.queries
-    l2 = None if candidate is None else float(np.linalg.norm(candidate - image))
-    return make_record(job, queries, stop, begin, ("l2", l2), candidate)
+    return make_record(job, image, candidate, queries, stop, begin)
 
 
 def table(records: list[dict[str, Any]], endpoints: list[str]) -> str:

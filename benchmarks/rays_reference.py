@@ -88,8 +88,7 @@ def run_job(job: Job, url: str, image: np.ndarray, start: np.ndarray | None) -> 
             result = get_attack("rays")()(http, image, job.label, job.budget, seed=job.seed)
             candidate, stop = result.final_candidate, result.stop_reason
         queries = http.queries
-    linf = None if candidate is None else float(np.abs(candidate - image).max())
-    return make_record(job, queries, stop, begin, ("linf", linf), candidate)
+    return make_record(job, image, candidate, queries, stop, begin)
 
 
 def table(records: list[dict[str, Any]], endpoints: list[str]) -> str:

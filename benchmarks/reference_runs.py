@@ -172,14 +172,14 @@ def write_page(page: Path, title: str, doc: str, command: str, table: str) -> No
 
 def make_record(
     job: Job,
+    image: np.ndarray,
+    candidate: np.ndarray | None,
     queries: int,
     stop: str,
     begin: float,
-    distance: tuple[str, float | None],
-    candidate: np.ndarray | None,
 ) -> dict[str, Any]:
-    """One run's record, without verdicts; ``distance`` is (its key, the candidate's)."""
-    key, value = distance
+    """One run's record, without verdicts: the candidate and its L2 and L∞ distances."""
+    delta = None if candidate is None else candidate - image
     return {
         "implementation": job.implementation,
         "endpoint": job.endpoint,
@@ -189,7 +189,8 @@ def make_record(
         "queries": queries,
         "stop_reason": stop,
         "seconds": round(time.perf_counter() - begin, 2),
-        key: value,
+        "l2": None if delta is None else float(np.linalg.norm(delta)),
+        "linf": None if delta is None else float(np.abs(delta).max()),
         "candidate": candidate,
     }
 

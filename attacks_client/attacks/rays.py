@@ -243,7 +243,7 @@ class RayS(Attack):
         the ray's radius is smaller. True when it was."""
         x0 = oracle.x0
         norm = math.sqrt(sgn.size)  # ||sgn||_2 of a ±1 vector
-        unit = (sgn / np.float32(norm)).reshape(x0.shape)
+        unit = self._unit(sgn, x0.shape)
         low = 0.0
         if best.d < math.inf:
             found = self._ray(x0, unit, best.d)
@@ -287,7 +287,7 @@ class RayS(Attack):
             return
         best.handover_d = best.d
         x0 = oracle.x0
-        unit = (best.sgn / np.float32(math.sqrt(best.sgn.size))).reshape(x0.shape)
+        unit = self._unit(best.sgn, x0.shape)
         for step in HANDOVER_STEPS:
             d = best.d * (1.0 + step)
             if not d < best.reported_d:
@@ -297,6 +297,11 @@ class RayS(Attack):
                 best.reported, best.reported_d = point, d
                 oracle.report(point)
                 return
+
+    @staticmethod
+    def _unit(sgn: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """The ray's unit direction ``sgn / ||sgn||_2`` (the reference's ``sgn_unit``)."""
+        return (sgn / np.float32(math.sqrt(sgn.size))).reshape(shape)
 
     @staticmethod
     def _ray(x0: np.ndarray, unit: np.ndarray, d: float) -> np.ndarray:
