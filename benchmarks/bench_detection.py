@@ -71,6 +71,28 @@ def cpu_seconds(pid: int) -> dict[str, float]:
     return out
 
 
+def measure(
+    port: int, pids: dict[str, int], batch: int, concurrency: int, args: argparse.Namespace
+) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
+    """Each round's images/s of off and enforce (alternating), and their CPU seconds per image
+    by process part, summed over the rounds."""
+    rates: dict[str, list[float]] = {"off": [], "enforce": []}
+    cpu: dict[str, dict[str, float]] = {m: defaultdict(float) for m in rates}
+    for r in range(args.rounds):
+        for name in rates:
+            seed = int(
+                hashlib.sha256(f"{name}{batch}{concurrency}{r}".encode()).hexdigest()[:8], 16
+            )
+            reqs = requests_for(name, args.requests // (4 if batch > 1 else 1), batch, seed)
+            before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+            rates[name].append(asyncio.run(rate(port, reqs, batch, concurrency)))
+            for k, pid in pids.items():
+                for part, value in cpu_seconds(pid).items():
+                    used = value - before[k][part]
+                    cpu[name][f"{k} {part}"] += used / (len(reqs) * batch)
+    return rates, cpu
+
+
 async def rate(port: int, requests: list[bytes], batch: int, concurrency: int) -> float:
     queue = list(requests)
     start = time.perf_counter()
@@ -82,7 +104,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=[8, 32], help="callers, one run each"
+    )
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args()
     models = [
@@ -109,39 +133,40 @@ def main() -> None:
     ):
         port = server.port
         pids = {"server": server.proc.pid, "redis": redis.proc.pid}  # type: ignore[union-attr]
-        for batch in (1, 32):
-            rates: dict[str, list[float]] = {"off": [], "enforce": []}
-            cpu: dict[str, dict[str, float]] = {m: defaultdict(float) for m in rates}
-            for r in range(args.rounds):
-                for name in rates:
-                    seed = int(hashlib.sha256(f"{name}{batch}{r}".encode()).hexdigest()[:8], 16)
-                    reqs = requests_for(name, args.requests // (4 if batch > 1 else 1), batch, seed)
-                    before = {k: cpu_seconds(pid) for k, pid in pids.items()}
-                    rates[name].append(asyncio.run(rate(port, reqs, batch, args.concurrency)))
-                    for k, pid in pids.items():
-                        for part, value in cpu_seconds(pid).items():
-                            used = value - before[k][part]
-                            cpu[name][f"{k} {part}"] += used / (len(reqs) * batch)
-            off, enforce = median(rates["off"]), median(rates["enforce"])
-            lines.append(f"| {batch} | {off:.0f} | {enforce:.0f} | **{enforce / off:.2f}** |")
-            for part in ("server loop", "server threads", "redis loop"):
-                per = [1e3 * cpu[m][part] / args.rounds for m in ("off", "enforce")]
-                cpu_lines.append(
-                    f"| {batch} | {part} | {per[0]:.3f} | {per[1]:.3f} | {per[1] - per[0]:+.3f} |"
+        for concurrency in args.concurrency:
+            for batch in (1, 32):
+                rates, cpu = measure(port, pids, batch, concurrency, args)
+                off, enforce = median(rates["off"]), median(rates["enforce"])
+                lines.append(
+                    f"| {concurrency} | {batch} | {off:.0f} | {enforce:.0f} "
+                    f"| **{enforce / off:.2f}** |"
                 )
-            print(lines[-1])
+                totals = [0.0, 0.0]
+                for part in ("server loop", "server threads", "redis loop"):
+                    per = [1e3 * cpu[m][part] / args.rounds for m in ("off", "enforce")]
+                    totals = [t + v for t, v in zip(totals, per, strict=True)]
+                    cpu_lines.append(
+                        f"| {concurrency} | {batch} | {part} | {per[0]:.3f} | {per[1]:.3f} "
+                        f"| {per[1] - per[0]:+.3f} |"
+                    )
+                cpu_lines.append(
+                    f"| {concurrency} | {batch} | **total** | {totals[0]:.3f} | {totals[1]:.3f} "
+                    f"| off ÷ enforce **{totals[0] / totals[1]:.2f}** |"
+                )
+                print(lines[-1], cpu_lines[-1])
     text = "\n".join(
         [
             HEADING,
             "",
             f"`python -m benchmarks.bench_detection --write docs/performance.md` on {machine()}: "
-            f"{args.concurrency} concurrent keep-alive callers, a distinct random image in every "
-            f"request, {args.rounds} alternating rounds, medians. Both models run SND σ = 0.01 on "
+            f"{' and '.join(map(str, args.concurrency))} concurrent keep-alive callers (one run "
+            f"each), a distinct random image in every request, {args.rounds} alternating rounds "
+            "of off and enforce, medians of the rates. Both models run SND σ = 0.01 on "
             "one Redis (accounting on for both); `enforce` adds both fingerprint layers and the "
             "Lua lookup + insert per request.",
             "",
-            "| images / request | off (images/s) | enforce (images/s) | enforce ÷ off |",
-            "|---|---|---|---|",
+            "| callers | images / request | off (images/s) | enforce (images/s) | enforce ÷ off |",
+            "|---|---|---|---|---|",
             *lines,
             "",
             "Where the time goes: CPU milliseconds per image from `/proc` (summed over the "
@@ -149,8 +174,9 @@ def main() -> None:
             "thread, its other threads (inference; fingerprints of batches over 8 images) and "
             "Redis (on these 2 cores it competes with the server).",
             "",
-            "| images / request | process | off (ms / image) | enforce (ms / image) | added |",
-            "|---|---|---|---|---|",
+            "| callers | images / request | process | off (ms / image) | enforce (ms / image) "
+            "| added |",
+            "|---|---|---|---|---|---|",
             *cpu_lines,
         ]
     )

@@ -12,7 +12,7 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 MAX_BUDGET = 2**53  # budgets are exact integers in Redis' Lua (double precision)
 
@@ -23,11 +23,15 @@ class CounterUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Charge:
-    """The outcome of one ``charge``: whether it was allowed, and the caller's total after it."""
+    """The outcome of one ``charge``: whether it was allowed, and the caller's total after it;
+    ``gated`` when the detection gate refused the caller (nothing charged), for
+    ``retry_after_s`` seconds when throttled."""
 
     allowed: bool
     used: int
     budget: int | None
+    gated: Literal["throttled", "suspended"] | None = None
+    retry_after_s: float = 0.0
 
     @property
     def remaining(self) -> int | None:
@@ -35,10 +39,25 @@ class Charge:
 
 
 class QueryCounter(Protocol):
-    """Where answered queries are counted. All methods may raise ``CounterUnavailable``."""
+    """Where answered queries are counted. All methods may raise ``CounterUnavailable``.
 
-    async def charge(self, caller: str, model: str, n: int, default_budget: int | None) -> Charge:
-        """Atomically: if ``used + n <= budget`` add ``n`` (per caller and per model)."""
+    ``gates_detection``: the counter reads the detection store's caller states (it holds
+    them, as Redis does), so ``charge`` can refuse a throttled or suspended caller in the same
+    step (``gate_at``); otherwise the detector's own ``admit`` runs first."""
+
+    gates_detection: bool
+
+    async def charge(
+        self,
+        caller: str,
+        model: str,
+        n: int,
+        default_budget: int | None,
+        gate_at: float | None = None,
+    ) -> Charge:
+        """Atomically: if ``used + n <= budget`` add ``n`` (per caller and per model); with
+        ``gate_at`` (a time, where ``gates_detection``), first refuse a caller detection has
+        throttled past that time or suspended (``Charge.gated``)."""
         ...
 
     async def refund(self, caller: str, model: str, n: int) -> None:
@@ -72,12 +91,21 @@ class MemoryCounter:
     """In-process counter with the ``QueryCounter`` interface. Single process only: with
     several server workers each would count separately; use Redis there."""
 
+    gates_detection = False
+
     def __init__(self) -> None:
         self._counts: dict[str, dict[str, int]] = defaultdict(dict)
         self._budgets: dict[str, int] = {}
         self._lock = asyncio.Lock()
 
-    async def charge(self, caller: str, model: str, n: int, default_budget: int | None) -> Charge:
+    async def charge(
+        self,
+        caller: str,
+        model: str,
+        n: int,
+        default_budget: int | None,
+        gate_at: float | None = None,
+    ) -> Charge:
         async with self._lock:
             per_model = self._counts[caller]
             used = sum(per_model.values())

@@ -14,16 +14,18 @@ slot and one script call can touch them all:
 The callers ever counted (``GET /usage``) are the usage keys, found by ``SCAN`` (every primary
 of a cluster). ``service.detection.redis_store`` keeps its state in the callers' slots too.
 
-``charge`` is one Lua script: read the budget, sum the caller's counts, add ``n`` only if the sum
-stays within the budget. Charges that arrive together are coalesced: the first one of an event-loop
-tick starts a flush, the others made in the same tick (or while that flush is in flight) join it,
-and one script call applies them all in arrival order, each with its own budget check and token.
-Under concurrent load this pays one Redis round trip for many requests; on a cluster the charges
-of one flush are grouped by slot, one script call per slot, all in one pipeline. Every connection
-or timeout error becomes ``CounterUnavailable`` (for every charge of the call); the clients
-reconnect by themselves on the next call once Redis (or the new primary) is back, and a script
-missing after a failover (``NOSCRIPT``) is loaded again and retried once by redis-py's
-``Script``.
+``charge`` is one Lua script: read the budget, sum the caller's counts, add ``n`` only if the
+sum stays within the budget. With ``gate_at`` it first reads the caller's detection state
+(``{prefix}{<caller>}:det``, same slot) and refuses a throttled or suspended caller, so the
+detection gate costs no round trip of its own. Charges that arrive together are coalesced: the
+first one of an event-loop tick starts a flush, the others made in the same tick (or while that
+flush is in flight) join it, and one script call applies them all in arrival order, each with
+its own budget check and token. Under concurrent load this pays one Redis round trip for many
+requests; on a cluster the charges of one flush are grouped by slot, one script call per slot,
+all in one pipeline. Every connection or timeout error becomes ``CounterUnavailable`` (for
+every charge of the call); the clients reconnect by themselves on the next call once Redis (or
+the new primary) is back, and a script missing after a failover (``NOSCRIPT``) is loaded again
+and retried once by redis-py's ``Script``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from redis.crc import key_slot
 from redis.exceptions import RedisError
@@ -45,11 +47,12 @@ from service.redis_connections import RedisConnections, RedisMode, no_script
 from service.redis_scripts import CHARGE_LUA, MAX_CHARGES_PER_CALL, REFUND_LUA
 
 log = logging.getLogger(__name__)
+_GATED: dict[int, Literal["throttled", "suspended"]] = {2: "throttled", 3: "suspended"}
 
 
 @dataclass
 class _PendingCharge:
-    """One charge waiting for the next script call: its three keys, three arguments, its slot
+    """One charge waiting for the next script call: its four keys, four arguments, its slot
     (cluster) and waiter."""
 
     keys: list[str]
@@ -109,9 +112,16 @@ class RedisCounter:
         self._cluster_ready = False
         self._cluster_lock: asyncio.Lock | None = None
 
+    gates_detection = True  # the detection store keeps its caller states in this Redis
+
     def key(self, caller: str, name: str) -> str:
         """A key of ``caller``'s, hash-tagged by the caller (one cluster slot per caller)."""
         return f"{self.prefix}{{{caller}}}:{name}"
+
+    def detection_key(self, caller: str) -> str:
+        """The caller's detection state hash (``RedisDetectionStore`` writes it; the charge
+        script's gate reads ``state`` and ``until``)."""
+        return self.key(caller, "det")
 
     def _usage_key(self, caller: str) -> str:
         return self.key(caller, "usage")
@@ -150,12 +160,25 @@ class RedisCounter:
             self._up = True
         return result
 
-    async def charge(self, caller: str, model: str, n: int, default_budget: int | None) -> Charge:
+    async def charge(
+        self,
+        caller: str,
+        model: str,
+        n: int,
+        default_budget: int | None,
+        gate_at: float | None = None,
+    ) -> Charge:
         token = f"{self._token_prefix}:{next(self._token_seq)}"
-        return await self.charge_with_token(caller, model, n, default_budget, token)
+        return await self.charge_with_token(caller, model, n, default_budget, token, gate_at)
 
     async def charge_with_token(
-        self, caller: str, model: str, n: int, default_budget: int | None, token: str
+        self,
+        caller: str,
+        model: str,
+        n: int,
+        default_budget: int | None,
+        token: str,
+        gate_at: float | None = None,
     ) -> Charge:
         """``charge`` with an explicit idempotency token: the same token counts once."""
         loop = asyncio.get_running_loop()
@@ -163,8 +186,18 @@ class RedisCounter:
         usage = self._usage_key(caller)
         self._pending.append(
             _PendingCharge(
-                keys=[usage, self._budget_key(caller), self.key(caller, f"charge:{token}")],
-                args=[model, n, "" if default_budget is None else default_budget],
+                keys=[
+                    usage,
+                    self._budget_key(caller),
+                    self.key(caller, f"charge:{token}"),
+                    self.detection_key(caller),
+                ],
+                args=[
+                    model,
+                    n,
+                    "" if default_budget is None else default_budget,
+                    "" if gate_at is None else repr(gate_at),
+                ],
                 slot=key_slot(usage.encode()) if self.mode == "cluster" else 0,
                 waiter=waiter,
             )
@@ -246,15 +279,21 @@ class RedisCounter:
 
     @staticmethod
     def _settle(batch: list[_PendingCharge], flat: Any) -> None:
-        if len(flat) != 3 * len(batch):
+        if len(flat) != 4 * len(batch):
             raise CounterUnavailable(
                 f"charge script answered {len(flat)} values for {len(batch)} charges"
             )
         for i, pending in enumerate(batch):
-            allowed, used, budget = (int(v) for v in flat[3 * i : 3 * i + 3])
+            outcome, used, budget, wait_ms = (int(v) for v in flat[4 * i : 4 * i + 4])
             if not pending.waiter.done():  # a waiter cancelled meanwhile is still counted
                 pending.waiter.set_result(
-                    Charge(bool(allowed), used, None if budget < 0 else budget)
+                    Charge(
+                        outcome == 1,
+                        used,
+                        None if budget < 0 else budget,
+                        _GATED.get(outcome),
+                        wait_ms / 1000,
+                    )
                 )
 
     async def refund(self, caller: str, model: str, n: int) -> None:

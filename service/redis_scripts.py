@@ -1,42 +1,55 @@
 """The Lua scripts of :class:`~service.redis_counter.RedisCounter`: a coalesced charge (budget
-check and count in one step, per charge) and an idempotent refund."""
+check and count in one step, per charge, behind the detection gate) and an idempotent refund."""
 
-# Charges applied in order, three KEYS each: usage hash, budget key, charge token (one caller's
-# keys: one slot). ARGV: token ttl seconds, then three per charge: model, n, default budget
-# ('' = none).
-# Returns three integers per charge: allowed (0/1), the caller's total after it, budget (-1 none).
+# Charges applied in order, four KEYS each: usage hash, budget key, charge token, the caller's
+# detection state hash (one caller's keys: one slot). ARGV: token ttl seconds, then four per
+# charge: model, n, default budget ('' = none), gate time ('' = no gate).
+# With a gate time, a caller that detection has suspended, or throttled past that time, is
+# refused before its budget is read (issue 28: the gate and the charge in one round trip; the
+# states are written by ``service.detection.redis_lua``).
+# Returns four integers per charge: outcome (1 charged, 0 over budget, 2 throttled, 3
+# suspended), the caller's total after it, budget (-1 none), milliseconds until a throttle ends.
 CHARGE_LUA = """
 local out = {}
 local ttl = tonumber(ARGV[1])
-for i = 0, #KEYS / 3 - 1 do
-  local usage_key, budget_key, token_key = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local model = ARGV[3 * i + 2]
-  local n, default_budget = tonumber(ARGV[3 * i + 3]), ARGV[3 * i + 4]
-  local allowed, used, b
+for i = 0, #KEYS / 4 - 1 do
+  local usage_key, budget_key = KEYS[4 * i + 1], KEYS[4 * i + 2]
+  local token_key, gate_key = KEYS[4 * i + 3], KEYS[4 * i + 4]
+  local model = ARGV[4 * i + 2]
+  local n, default_budget, gate = tonumber(ARGV[4 * i + 3]), ARGV[4 * i + 4], ARGV[4 * i + 5]
+  local allowed, used, b, wait = 1, 0, -1, 0
   local done = redis.call('GET', token_key)
   if done then
-    local a, u, d = string.match(done, '^(%-?%d+),(%-?%d+),(%-?%d+)$')
-    allowed, used, b = tonumber(a), tonumber(u), tonumber(d)
+    local a, u, d, w = string.match(done, '^(%-?%d+),(%-?%d+),(%-?%d+),?(%d*)$')
+    allowed, used, b, wait = tonumber(a), tonumber(u), tonumber(d), tonumber(w) or 0
   else
-    local budget = redis.call('GET', budget_key) or default_budget
-    used = 0
+    if gate ~= '' then
+      local state = redis.call('HMGET', gate_key, 'state', 'until')
+      if state[1] == 'suspended' then
+        allowed = 3
+      elseif state[1] == 'throttled' and tonumber(state[2] or '0') > tonumber(gate) then
+        allowed, wait = 2, math.ceil(1000 * (tonumber(state[2]) - tonumber(gate)))
+      end
+    end
     for _, count in ipairs(redis.call('HVALS', usage_key)) do
       used = used + tonumber(count)
     end
-    allowed = 1
-    if budget ~= '' and used + n > tonumber(budget) then
-      allowed = 0
-    else
-      redis.call('HINCRBY', usage_key, model, n)
-      used = used + n
-    end
-    b = -1
+    local budget = redis.call('GET', budget_key) or default_budget
     if budget ~= '' then b = tonumber(budget) end
-    redis.call('SET', token_key, string.format('%d,%d,%d', allowed, used, b), 'EX', ttl)
+    if allowed == 1 then
+      if budget ~= '' and used + n > b then
+        allowed = 0
+      else
+        redis.call('HINCRBY', usage_key, model, n)
+        used = used + n
+      end
+    end
+    redis.call('SET', token_key, string.format('%d,%d,%d,%d', allowed, used, b, wait), 'EX', ttl)
   end
   out[#out + 1] = allowed
   out[#out + 1] = used
   out[#out + 1] = b
+  out[#out + 1] = wait
 end
 return out
 """

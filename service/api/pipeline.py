@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from service.accounting import Charge, CounterUnavailable
 from service.api.deps import Runtime
 from service.batching import Overloaded
 from service.codec import OutputMode, validate_images
-from service.detection.detector import QueryDetector
+from service.detection.detector import QueryDetector, refused_error
 from service.errors import ApiError, counter_unavailable
 from service.inference import Host
 from service.metrics import QUERIES_ANSWERED, QUERIES_UNCOUNTED
@@ -81,13 +82,17 @@ async def refund(runtime: Runtime, caller: str, model: str, n: int) -> None:
         log.warning("could not refund %d queries of %s: counter unavailable", n, caller)
 
 
-async def charge(runtime: Runtime, caller: str, host: Host, n: int) -> Charge | None:
+async def charge(
+    runtime: Runtime, caller: str, host: Host, n: int, gate_at: float | None = None
+) -> Charge | None:
     """Charge ``n`` images, or refuse: 429 over budget, 503 when the counter is down (unless
-    ``fail_open``, which answers uncounted and returns ``None``)."""
+    ``fail_open``, which answers uncounted and returns ``None``); with ``gate_at``, the
+    detection gate's 429 throttled / 403 suspended first (nothing charged)."""
     settings = runtime.settings
     retry = {"Retry-After": str(settings.retry_after_s)}
+    budget = settings.budget_for(caller)
     try:
-        result = await runtime.counter.charge(caller, host.name, n, settings.budget_for(caller))
+        result = await runtime.counter.charge(caller, host.name, n, budget, gate_at)
     except CounterUnavailable:
         if not settings.fail_open:
             raise counter_unavailable(settings.retry_after_s) from None
@@ -95,6 +100,8 @@ async def charge(runtime: Runtime, caller: str, host: Host, n: int) -> Charge | 
             "counter unavailable: answering %d images of %s uncounted (fail_open)", n, caller
         )
         return None
+    if result.gated is not None:
+        raise refused_error(result.gated, result.retry_after_s, settings.retry_after_s)
     if not result.allowed:
         raise ApiError(
             429,
@@ -112,12 +119,14 @@ def _in_background(work: Coroutine[Any, Any, None]) -> None:
     task.add_done_callback(_BACKGROUND.discard)
 
 
-async def settled_charge(runtime: Runtime, caller: str, host: Host, n: int) -> Charge | None:
+async def settled_charge(
+    runtime: Runtime, caller: str, host: Host, n: int, gate_at: float | None = None
+) -> Charge | None:
     """``charge``, never left charged-and-unanswered: the charge runs shielded, so a request
     cancelled meanwhile (its client gone, a shutdown) does not abandon a charge that the
     counter's coalesced flush still applies; once that charge lands it is refunded in the
     background, and the count reads as if the request had never been made."""
-    task = asyncio.ensure_future(charge(runtime, caller, host, n))
+    task = asyncio.ensure_future(charge(runtime, caller, host, n, gate_at))
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -179,9 +188,13 @@ async def answer(
     images = validate_images(images, host.spec.input_shape, runtime.settings.max_batch)
     n = len(images)
     detector = runtime.detectors.get(host.name)
-    if detector is not None:  # a refused caller costs no charge and no forward pass
-        await detector.admit(caller, runtime.settings)
-    paid = await settled_charge(runtime, caller, host, n)
+    gate_at = None  # a refused caller costs no charge and no forward pass
+    if detector is not None and detector.gated:
+        if runtime.counter.gates_detection:  # the gate in the charge's own round trip
+            gate_at = time.time()
+        else:
+            await detector.admit(caller, runtime.settings)
+    paid = await settled_charge(runtime, caller, host, n, gate_at)
     try:
         probs = await forward(runtime, host, images)
         if detector is not None:

@@ -72,16 +72,23 @@ class BlacklightFingerprint:
 
     def quantized(self, images: np.ndarray) -> np.ndarray:
         """The reference's ``preprocess``: HWC, x255, + salt, mod 255, rounded; int16 rows."""
-        hwc = np.transpose(np.asarray(images, dtype=np.float64), (0, 2, 3, 1)) * 255.0
-        salted = (hwc + self.salt) % 255.0
-        q = self.params.quantization
-        return (np.around(salted.reshape(len(images), -1) / q, decimals=0) * q).astype(np.int16)
+        return self._quantize(self._scaled_hwc(images))
 
-    def _flat_windows(self, images: np.ndarray) -> np.ndarray:
-        """``(N, windows)`` True where a window's unsalted quantized values are all equal."""
+    @staticmethod
+    def _scaled_hwc(images: np.ndarray) -> np.ndarray:
+        """``(N, values)`` float64 pixels x255 in the reference's HWC order."""
         hwc = np.transpose(np.asarray(images, dtype=np.float64), (0, 2, 3, 1)) * 255.0
-        plain = np.around(hwc.reshape(len(images), -1) / self.params.quantization)
-        changes = np.zeros((len(images), plain.shape[1]), np.int32)
+        return hwc.reshape(len(images), -1)
+
+    def _quantize(self, scaled: np.ndarray) -> np.ndarray:
+        salted = (scaled + self.salt.reshape(-1)) % 255.0
+        q = self.params.quantization
+        return (np.around(salted / q, decimals=0) * q).astype(np.int16)
+
+    def _flat_windows(self, scaled: np.ndarray) -> np.ndarray:
+        """``(N, windows)`` True where a window's unsalted quantized values are all equal."""
+        plain = np.around(scaled / self.params.quantization)
+        changes = np.zeros((len(plain), plain.shape[1]), np.int32)
         np.cumsum(plain[:, 1:] != plain[:, :-1], axis=1, out=changes[:, 1:])
         w, step = self.params.window, self.params.step
         return (changes[:, w - 1 :] == changes[:, : changes.shape[1] - w + 1])[:, ::step]
@@ -102,8 +109,11 @@ class BlacklightFingerprint:
     def fast_hashes(self, images: np.ndarray) -> np.ndarray:
         """``(N, windows)`` uint64 keyed hashes of every window: a polynomial hash with a
         secret base, from prefix sums (no per-window work), then a splitmix64-style finalizer."""
+        return self._window_hashes(self.quantized(images))
+
+    def _window_hashes(self, quantized: np.ndarray) -> np.ndarray:
         p = self.params
-        rows = self.quantized(images).astype(np.uint64)
+        rows = quantized.astype(np.uint64)
         n = rows.shape[1]
         with np.errstate(over="ignore"):
             prefix = np.zeros((len(rows), n + 1), np.uint64)
@@ -117,18 +127,24 @@ class BlacklightFingerprint:
         return h
 
     def keys(self, images: np.ndarray) -> list[list[bytes]]:
+        """Each image's kept hashes, largest first, 8 bytes each. The fast path sorts the whole
+        batch at once; a skipped (blank) window is marked 0 first, so a window whose hash is
+        exactly 0 (one in 2**64) is skipped too."""
         p = self.params
         if p.hash == "sha256":
             return [[bytes.fromhex(d[:16]) for d in row] for row in self.sha256_hashes(images)]
-        hashes = self.fast_hashes(images)
-        keep = ~self._flat_windows(images) if p.skip_flat else None
+        scaled = self._scaled_hwc(images)
+        hashes = self._window_hashes(self._quantize(scaled))
+        if p.skip_flat:
+            hashes[self._flat_windows(scaled)] = 0
+        ordered = np.sort(hashes, axis=1)[:, ::-1]
+        kept = np.empty(ordered.shape, bool)  # distinct and not skipped
+        kept[:, 0] = True
+        np.not_equal(ordered[:, 1:], ordered[:, :-1], out=kept[:, 1:])
+        kept &= ordered != 0
+        packed = ordered.astype(">u8")
         out = []
-        for i, row in enumerate(hashes):
-            if keep is not None:
-                row = row[keep[i]]
-            ordered = np.sort(row)[::-1]
-            first = np.r_[True, ordered[1:] != ordered[:-1]][: len(ordered)]
-            distinct = ordered[first]  # distinct, largest first (none for a blank image)
-            top = distinct[: p.keep].astype(">u8").tobytes()
+        for row, keep in zip(packed, kept, strict=True):
+            top = row[keep][: p.keep].tobytes()
             out.append([top[j : j + 8] for j in range(0, len(top), 8)])
         return out

@@ -30,6 +30,7 @@ from service.detection.store import (
     Observation,
     Outcome,
     Policy,
+    State,
 )
 from service.errors import ApiError, counter_unavailable
 from service.metrics import DETECTIONS
@@ -148,7 +149,8 @@ class QueryDetector:
         """Refuse a throttled (429) or suspended (403) caller before its request is charged and
         forwarded: a refusal costs one cheap read, not a forward pass, a charge and a refund
         (the observe script still refuses a caller refused meanwhile). A store outage follows
-        the counter's rule: 503, or under ``fail_open`` nothing is refused here."""
+        the counter's rule: 503, or under ``fail_open`` nothing is refused here. A counter that
+        ``gates_detection`` (Redis) does this read inside the charge instead (``gated``)."""
         if not self.policy.escalate:
             return
         try:
@@ -158,7 +160,12 @@ class QueryDetector:
                 return
             raise counter_unavailable(settings.retry_after_s) from None
         if refused is not None:
-            raise refusal(Outcome(refused, retry, [], refused), settings.retry_after_s)
+            raise refused_error(refused, retry, settings.retry_after_s)
+
+    @property
+    def gated(self) -> bool:
+        """Whether requests pass a detection gate (only under ``enforce``)."""
+        return self.policy.escalate
 
     async def screen(
         self, caller: str, images: np.ndarray, probs: np.ndarray, retry_after_s: int
@@ -172,7 +179,7 @@ class QueryDetector:
         now = time.time()
         outcome = await self.store.observe(caller, self.model, observations, self.policy, now)
         if outcome.refused is not None:
-            raise refusal(outcome, retry_after_s)
+            raise refused_error(outcome.refused, outcome.retry_after_s, retry_after_s)
         if self.cross_caller:
             near = [o.near for o in observations]
             owners = await self.store.observe_shared(caller, self.model, near, self.policy, now)
@@ -206,15 +213,17 @@ class QueryDetector:
         return out
 
 
-def refusal(outcome: Outcome, retry_after_s: int) -> ApiError:
-    if outcome.refused == "suspended":
+def refused_error(refused: State, retry_s: float, retry_after_s: int) -> ApiError:
+    """The answer to a caller refused as ``refused`` (403 suspended, or 429 throttled for
+    ``retry_s`` more seconds, at least the service's ``retry_after_s``)."""
+    if refused == "suspended":
         return ApiError(
             403,
             "suspended",
             "this caller is suspended for query patterns of an attack; "
             "an administrator can lift it",
         )
-    wait = max(int(outcome.retry_after_s + 0.999), retry_after_s)
+    wait = max(int(retry_s + 0.999), retry_after_s)
     return ApiError(
         429,
         "throttled",

@@ -25,7 +25,17 @@ for v in string.gmatch(ARGV[1], '%S+') do table.insert(p, tonumber(v)) end
 
 # Count, over the buckets, the stored ids of each distinct key of ``blob`` (8-byte keys, fields
 # prefixed 'n'); returns the fields, the current bucket's values, and the best id and count.
+# An older bucket that does not exist is not read (one EXISTS per bucket and call, where an
+# HMGET of every key of every image would find nothing); the current one, which the call
+# writes, always is.
 NEAREST_LUA = r"""
+local older_exists = {}
+local function live(key, b)
+  if b == 1 then return true end
+  if older_exists[key] == nil then older_exists[key] = redis.call('EXISTS', key) == 1 end
+  return older_exists[key]
+end
+
 local function nearest(blob, nb, key_of)
   local fields, seen = {}, {}
   for j = 1, #blob, 8 do
@@ -38,7 +48,8 @@ local function nearest(blob, nb, key_of)
   local counts, best, best_count, current = {}, 0, 0, {}
   if #fields == 0 then return fields, current, best, best_count end
   for b = 1, nb do
-    local found = redis.call('HMGET', key_of(b), unpack(fields))
+    local found = {}
+    if live(key_of(b), b) then found = redis.call('HMGET', key_of(b), unpack(fields)) end
     if b == 1 then current = found end
     for f = 1, #fields do
       local ids = found[f]
@@ -84,8 +95,8 @@ local function bucket(b) return KEYS[3 + b] end
 local kept = redis.call('GET', once)
 if kept then return cmsgpack.unpack(kept) end
 
-local state = redis.call('HGET', stats, 'state') or 'ok'
-local until_ = tonumber(redis.call('HGET', stats, 'until') or '0')
+local held = redis.call('HMGET', stats, 'state', 'until')
+local state, until_ = held[1] or 'ok', tonumber(held[2] or '0')
 if escalate then
   if state == 'suspended' then return {'suspended', '0', state} end
   if state == 'throttled' and until_ > now then
@@ -96,15 +107,17 @@ end
 local out = {'', '0', state}
 local flagged = 0
 local pos = 4
-for _ = 1, n do
+local first_seq = redis.call('HINCRBY', stats, 'seq', n) - n  -- the images' ids, in order
+for i = 1, n do
   local has_exact = #ARGV[pos] > 0  -- empty: the exact layer is off
   local exact, near_blob, answer = 'e' .. ARGV[pos], ARGV[pos + 1], ARGV[pos + 2]
   pos = pos + 3
-  local seq = redis.call('HINCRBY', stats, 'seq', 1)
+  local seq = first_seq + i
   local packed = struct.pack('<I4', seq)
   local layer, matched, copies, current_copies = '', 0, 0, false
   for b = 1, has_exact and nb or 0 do
-    local ids = redis.call('HGET', bucket(b), exact)
+    local ids = false
+    if live(bucket(b), b) then ids = redis.call('HGET', bucket(b), exact) end
     if ids then
       copies = copies + #ids / 4
       matched = struct.unpack('<I4', ids, 1)
@@ -139,7 +152,7 @@ end
 
 redis.call('EXPIRE', bucket(1), bucket_ttl)
 local in_window = 0
-if flagged > 0 or escalate then
+if flagged > 0 then  -- the window changes only with a flag (and expires as a whole)
   redis.call('ZREMRANGEBYSCORE', window, '-inf', now - flag_window)
   in_window = redis.call('ZCARD', window)
 end

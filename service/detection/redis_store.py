@@ -95,7 +95,7 @@ class RedisDetectionStore:
         if token is None:
             token = f"{self._token_prefix}:{next(self._token_seq)}"
         buckets = bucket_range(now, policy)
-        keys = [self._key(caller, "det"), self._key(caller, "det:window")]
+        keys = [self._counter.detection_key(caller), self._key(caller, "det:window")]
         keys.append(self._key(caller, f"det:once:{token}"))
         keys += [self._key(caller, f"det:{model}:{b}") for b in buckets]
         numbers = [
@@ -200,7 +200,7 @@ class RedisDetectionStore:
         owners = [_text(o) or None for o in reply]
         flagged = sum(o is not None for o in owners)
         if flagged:
-            stats = self._key(caller, "det")
+            stats = self._counter.detection_key(caller)
             await self._counter.call(
                 lambda: self._redis.hincrby(stats, f"flags:{model}:cross_caller", flagged)
             )
@@ -210,7 +210,7 @@ class RedisDetectionStore:
         """One ``HMGET`` of the caller's state: is it throttled or suspended right now?"""
         if not policy.escalate:
             return None, 0.0
-        stats_key = self._key(caller, "det")
+        stats_key = self._counter.detection_key(caller)
         raw, until = await self._counter.call(
             lambda: self._redis.hmget(stats_key, "state", "until")
         )
@@ -218,7 +218,7 @@ class RedisDetectionStore:
         return refusal(state, float(until or 0), policy, now)
 
     async def status(self, caller: str, policy: Policy, now: float) -> CallerStatus | None:
-        stats_key, window_key = self._key(caller, "det"), self._key(caller, "det:window")
+        stats_key, window_key = self._counter.detection_key(caller), self._key(caller, "det:window")
 
         async def read() -> tuple[dict[bytes, bytes], int]:
             stats = await self._redis.hgetall(stats_key)
@@ -253,7 +253,7 @@ class RedisDetectionStore:
         return [c for c in await self._counter.scan_callers(":det") if c != SHARED_TAG]
 
     async def lift(self, caller: str) -> None:
-        stats_key, window_key = self._key(caller, "det"), self._key(caller, "det:window")
+        stats_key, window_key = self._counter.detection_key(caller), self._key(caller, "det:window")
 
         async def lift() -> None:
             await self._redis.hdel(stats_key, "state", "until")

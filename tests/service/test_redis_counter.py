@@ -232,6 +232,47 @@ def test_a_retried_charge_or_refund_counts_once(redis_server: RedisProcess) -> N
     run(body)
 
 
+def test_the_detection_gate_refuses_in_the_charge_and_counts_nothing(
+    redis_server: RedisProcess,
+) -> None:
+    """``gate_at``: a caller detection has throttled (until a later time) or suspended is
+    refused by the charge itself, nothing counted; without a gate, or once the throttle is
+    over, it is charged; a retried gated charge (same token) gets the same refusal."""
+
+    async def body() -> None:
+        counter = RedisCounter(
+            redis_server.url, prefix=f"test-{uuid.uuid4().hex[:8]}:", timeout=GENEROUS
+        )
+        state = counter.connections.client(decode=True)
+        await state.hset(
+            counter.detection_key("key:g"), mapping={"state": "throttled", "until": "100.5"}
+        )
+        throttled = await counter.charge_with_token("key:g", "m", 2, 10, "t-1", gate_at=40.0)
+        assert (throttled.allowed, throttled.gated, throttled.used) == (False, "throttled", 0)
+        assert throttled.retry_after_s == pytest.approx(60.5)
+        again = await counter.charge_with_token("key:g", "m", 2, 10, "t-1", gate_at=99.0)
+        assert again == throttled
+        assert await counter.usage("key:g") == {}
+        ungated = await counter.charge("key:g", "m", 2, 10)
+        assert (ungated.allowed, ungated.gated, ungated.used) == (True, None, 2)
+        over = await counter.charge("key:g", "m", 3, 10, gate_at=100.5)  # the throttle is over
+        assert (over.allowed, over.gated, over.used, over.budget) == (True, None, 5, 10)
+        await state.hset(counter.detection_key("key:g"), "state", "suspended")
+        suspended = await counter.charge("key:g", "m", 1, None, gate_at=1e9)
+        assert (suspended.allowed, suspended.gated) == (False, "suspended")
+        fresh = await counter.charge("key:other", "m", 1, None, gate_at=1e9)  # no state: ok
+        assert fresh.allowed and fresh.gated is None
+        # the gate comes before the budget: a throttled caller over budget reads throttled
+        await state.hset(counter.detection_key("key:g"), "state", "throttled")
+        late = await counter.charge("key:g", "m", 50, 10, gate_at=1.0)
+        assert (late.allowed, late.gated, late.used) == (False, "throttled", 5)
+        assert await counter.usage("key:g") == {"m": 5}
+        await state.aclose()
+        await counter.close()
+
+    run(body)
+
+
 def test_unreachable_redis_raises_quickly() -> None:
     async def body() -> None:
         counter = RedisCounter(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)

@@ -1,5 +1,6 @@
-"""``QueryDetector.admit``: a throttled or suspended caller is refused before its request is
-charged or forwarded (the real app and lifespan in-process over ASGI, a real redis-server)."""
+"""The detection gate: a throttled or suspended caller is refused before its request is charged
+or forwarded, inside the charge's own script on Redis (the real app and lifespan in-process
+over ASGI, a real redis-server) and by ``QueryDetector.admit`` on the memory store."""
 
 from __future__ import annotations
 
@@ -24,13 +25,14 @@ MODEL = "resnet20-mnist"
 CALLER = "key:eve"
 
 
-def costs(prefix: str, client: redis_sync.Redis) -> tuple[float, float, int]:
-    """What a request has cost so far: forward passes of the model, charges applied by the
-    counter's script, and refunds (their idempotency keys, kept 30 s)."""
+def costs(prefix: str, client: redis_sync.Redis) -> tuple[float, float, int, int]:
+    """What requests have cost so far: forward passes of the model, charge script calls (the
+    gate's read is in them), images counted, and refunds (their idempotency keys, kept 30 s)."""
     forwards = REGISTRY.get_sample_value("snd_forward_batch_images_count", {"model": MODEL})
     charges = REGISTRY.get_sample_value("snd_accounting_charges_per_call_sum")
+    counted = sum(int(v) for v in client.hvals(f"{prefix}{{{CALLER}}}:usage"))
     refunds = len(list(client.scan_iter(match=f"{prefix}{{{CALLER}}}:refund:*")))
-    return forwards or 0.0, charges or 0.0, refunds
+    return forwards or 0.0, charges or 0.0, counted, refunds
 
 
 def test_a_refused_caller_costs_no_charge_and_no_forward(redis_server: RedisProcess) -> None:
@@ -85,8 +87,11 @@ def test_a_refused_caller_costs_no_charge_and_no_forward(redis_server: RedisProc
                 suspended = await predict()
                 assert suspended.status_code == 403, suspended.text
                 assert suspended.json()["error"]["code"] == "suspended"
-                assert costs(prefix, client) == before
-                assert before[2] == 0  # no refund was ever needed
+                forwards, charges, counted, refunds = costs(prefix, client)
+                # two refusals: no forward, nothing counted, no refund; one charge call each
+                assert (forwards, counted, refunds) == (before[0], before[2], before[3])
+                assert charges == before[1] + 2
+                assert before[3] == 0  # no refund was ever needed
                 assert client.hgetall(f"{prefix}{{{CALLER}}}:usage") == {MODEL.encode(): b"3"}
 
     asyncio.run(scenario())

@@ -112,3 +112,26 @@ def test_a_blank_image_has_no_near_keys_and_one_digest(value: float) -> None:
     one[0, 0, 5, :10] = 0.0 if value > 0.25 else 1.0  # a stroke: its windows are the keys
     assert 0 < len(layer.keys(one)[0]) <= 50
     assert ExactDigest(SECRET).keys(blank)[0] == ExactDigest(SECRET).keys(blank)[1]
+
+
+@pytest.mark.parametrize("skip_flat", [True, False])
+def test_fast_keys_of_a_batch_are_each_images_own(skip_flat: bool) -> None:
+    """The fast path sorts a whole batch at once: every image still gets exactly the keys it
+    gets alone (the requests of one tick are fingerprinted together), largest first, distinct,
+    blank windows skipped."""
+    rng = np.random.default_rng(5)
+    images = rng.random((6, 1, 28, 28)).astype(np.float32)
+    images[:3, :, :9] = 0.0  # a blank band
+    images[4] = 1.0  # blank everywhere
+    params = BlacklightParams(skip_flat=skip_flat)
+    layer = BlacklightFingerprint(SECRET, (1, 28, 28), params)
+    together = layer.keys(images)
+    assert together == [layer.keys(images[i : i + 1])[0] for i in range(len(images))]
+    for keys in together:
+        values = [int.from_bytes(k, "big") for k in keys]
+        assert values == sorted(set(values), reverse=True)
+    hashes = layer.fast_hashes(images[:1])[0]
+    flat = layer._flat_windows(layer._scaled_hwc(images[:1]))[0]
+    expected = sorted(set((hashes[~flat] if skip_flat else hashes).tolist()), reverse=True)
+    assert [int.from_bytes(k, "big") for k in together[0]] == expected[: params.keep]
+    assert (len(together[4]) == 0) is skip_flat

@@ -125,6 +125,18 @@ def test_state_expires_after_the_retention_window(store: DetectionStore) -> None
     assert near(b"4", 1200.0) is None
 
 
+def test_exact_repeats_and_answers_are_found_in_older_buckets(store: DetectionStore) -> None:
+    """The lookups read every bucket of the retention window, not only the current one (the
+    Lua skips older buckets that do not exist; these do)."""
+    policy = Policy(retention_s=40.0, store_answers=True)
+    first = run(store.observe("key:o", "m", [obs(b"x" * 16, NEAR_A, b"first")], policy, 1005.0))
+    later = [obs(b"y" * 16, [bytes([i]) * 8 for i in range(100, 150)]), obs(b"x" * 16, NEAR_A)]
+    out = run(store.observe("key:o", "m", later, policy, 1031.0))  # bucket 103: reads 103..99
+    assert out.verdicts[0].matched is None
+    assert (out.verdicts[1].layer, out.verdicts[1].matched) == ("exact", first.verdicts[0].seq)
+    assert out.verdicts[1].cached == b"first"
+
+
 def test_forget_drops_a_caller(store: DetectionStore) -> None:
     policy = Policy()
     run(store.observe("key:h", "m", [obs(b"h" * 16, NEAR_A)], policy, 1.0))
