@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, get_args, get_origin
 
 import uvicorn
@@ -19,8 +20,9 @@ from service.config import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
+    invoked = Path(sys.argv[0]).name
     parser = argparse.ArgumentParser(
-        prog="python -m service",
+        prog=invoked if invoked == "snd-gateway" else "python -m service",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -14,6 +14,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.text import Text
 
@@ -39,8 +40,9 @@ def register_command(name: str, command: Command) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    invoked = Path(sys.argv[0]).name
     parser = argparse.ArgumentParser(
-        prog="python -m attacks_client",
+        prog=invoked if invoked == "snd-attack" else "python -m attacks_client",
         description="Query-based black-box attacks against an SND gateway, over HTTP.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
