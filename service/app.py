@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from service import __version__
 from service.accounting import MemoryCounter, QueryCounter
 from service.api.deps import Runtime
-from service.api.routes import detections, health, metrics, models, predict, usage, v2
+from service.api.routes import detections, docs, health, metrics, models, predict, usage, v2
 from service.config import Settings
 from service.detection.detector import build_detectors
 from service.errors import install_error_handlers
@@ -70,11 +70,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Image classifiers behind Small Noise Defense, with per-caller query accounting",
         lifespan=lifespan,
+        docs_url=None,  # the offline pages of service.api.routes.docs instead of the CDN's
+        redoc_url=None,
+        openapi_url=docs.OPENAPI_URL,
     )
     app.state.runtime = None
     install_error_handlers(app)
     install_metrics(app)
-    routers = (predict, v2, models, usage, detections, health, metrics)
+    routers = (predict, v2, models, usage, detections, health, metrics, docs)
     for module in routers:
         app.include_router(module.router)
     return app

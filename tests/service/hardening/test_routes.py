@@ -43,7 +43,7 @@ ROUTES = {
     ("GET", "/v2/models/{model}/versions/{version}/ready"),
     ("POST", "/v2/models/{model}/infer"),
     ("POST", "/v2/models/{model}/versions/{version}/infer"),
-    # FastAPI's own documentation routes: static HTML and the schema
+    # the documentation routes: static HTML, the schema, and the pages' assets (offline)
     ("GET", "/openapi.json"),
     ("HEAD", "/openapi.json"),
     ("GET", "/docs"),
@@ -52,6 +52,11 @@ ROUTES = {
     ("HEAD", "/docs/oauth2-redirect"),
     ("GET", "/redoc"),
     ("HEAD", "/redoc"),
+    *(
+        (method, f"/docs/assets/{name}")
+        for method in ("GET", "HEAD")
+        for name in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
+    ),
 }
 # every parameter any route reads, by where it comes from
 PARAMETERS = {
