@@ -114,7 +114,8 @@ class ModelHost:
         convolution still sees the noisy input rounded to 16 bits (bf16 resolves ~0.016 near 2
         after normalization), so very small σ (≤ 0.001) is partly quantized: keep fp32 there."""
         with torch.inference_mode():
-            x = torch.from_numpy(images)
+            # a request's decoded buffer is read-only: torch may not share it (a copy is cheap)
+            x = torch.from_numpy(images if images.flags.writeable else images.copy())
             if self.device.type == "cuda":
                 x = x.pin_memory().to(self.device, non_blocking=True)
             x = self.defense(x)
