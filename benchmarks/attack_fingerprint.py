@@ -19,14 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from attacks_client.attacks import ATTACKS as NAMES  # noqa: E402
 from attacks_client.attacks import get_attack  # noqa: E402
 from attacks_client.oracles import FunctionOracle  # noqa: E402
-from service.config import ModelSettings  # noqa: E402
-from service.datasets import mnist_subset  # noqa: E402
-from service.inference import ModelHost  # noqa: E402
+from service.offline.datasets import mnist_subset  # noqa: E402
+from service.serving.local import LocalHost  # noqa: E402
+from service.settings import ModelSettings  # noqa: E402
 
 
 def main() -> None:
     torch.set_num_threads(1)
-    host = ModelHost.load(ModelSettings(defense={"kind": "none"}), torch.device("cpu"), False)
+    host = LocalHost.load(ModelSettings(defense={"kind": "none"}), torch.device("cpu"), False)
     test = mnist_subset("test")
     out = {}
     for name in NAMES:

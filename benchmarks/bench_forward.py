@@ -19,13 +19,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.config import ModelSettings  # noqa: E402
-from service.inference import ModelHost  # noqa: E402
+from service.serving.local import LocalHost  # noqa: E402
+from service.settings import ModelSettings  # noqa: E402
 
 BATCHES = (1, 8, 16, 32, 64, 128, 256)
 
 
-def images_per_second(host: ModelHost, batch: int, images: int = 800) -> float:
+def images_per_second(host: LocalHost, batch: int, images: int = 800) -> float:
     x = np.random.default_rng(0).random((batch, 1, 28, 28), dtype=np.float32)
     for _ in range(5):  # a traced graph re-profiles for a new shape or thread count
         host.forward(x)
@@ -36,7 +36,7 @@ def images_per_second(host: ModelHost, batch: int, images: int = 800) -> float:
     return batch * repeats / (time.perf_counter() - start)
 
 
-def overlap(host: ModelHost, seconds: float = 1.0) -> float:
+def overlap(host: LocalHost, seconds: float = 1.0) -> float:
     """Forward passes (batch 32, one thread) per second while another thread runs pure Python,
     ÷ passes per second alone. Near 1: the forward runs beside Python; near 0: it stalls."""
     torch.set_num_threads(1)
@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     cpu = torch.device("cpu")
     settings = ModelSettings(defense={"kind": "none"})  # type: ignore[arg-type]
     hosts = {
-        "eager": ModelHost.load(settings, cpu, False),
-        "traced": ModelHost.load(settings, cpu, False, graph="trace"),
-        "traced, chunks of 32": ModelHost.load(
+        "eager": LocalHost.load(settings, cpu, False),
+        "traced": LocalHost.load(settings, cpu, False, graph="trace"),
+        "traced, chunks of 32": LocalHost.load(
             settings, cpu, False, graph="trace", chunk_images=32
         ),
     }

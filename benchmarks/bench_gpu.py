@@ -75,10 +75,10 @@ def rate(forward: Any, x: np.ndarray, seconds: float = 2.0) -> float:
 
 
 def embedded_host(precision: str, defense: dict[str, Any]) -> Any:
-    from service.config import ModelSettings
-    from service.inference import ModelHost
+    from service.model_settings import ModelSettings
+    from service.serving.local import LocalHost
 
-    return ModelHost.load(
+    return LocalHost.load(
         ModelSettings(defense=defense), torch.device("cuda"), False, precision=precision
     )
 
@@ -123,7 +123,7 @@ def resnet50_rates(weights: Path | None) -> dict[str, dict[int, float]]:
 
 
 def label_agreement() -> dict[str, float]:
-    from service.datasets import mnist_subset
+    from service.offline.datasets import mnist_subset
 
     test = mnist_subset("test")
     fp32 = embedded_host("fp32", {"kind": "none"}).forward(test.images).argmax(1)
@@ -136,7 +136,7 @@ def label_agreement() -> dict[str, float]:
 def served(images: int = 2000) -> dict[str, float]:
     """32 single-image callers over HTTP ÷ the model's own batched rate, and HSJA over HTTP."""
     from attacks_client import HttpOracle, get_attack
-    from service.datasets import mnist_subset
+    from service.offline.datasets import mnist_subset
     from tests.servers import ServiceProcess
 
     own = rate(

@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import machine, write_section  # noqa: E402
-from service.redis_counter import RedisCounter  # noqa: E402
+from service.accounting.redis_counter import RedisCounter  # noqa: E402
 from tests.redis_topologies import (  # noqa: E402
     RedisClusterProcesses,
     RedisSentinelProcesses,

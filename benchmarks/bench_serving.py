@@ -1,4 +1,4 @@
-"""Serving ratios of DESIGN section 9, each measured in one run on one machine.
+"""Serving ratios (docs/performance.md), each measured in one run on one machine.
 
 * SND on ÷ off ``/predict`` throughput, batch 1 and batch 100 (target >= 0.97);
 * 32 concurrent single-image callers with dynamic batching ÷ the model's own batched
@@ -30,21 +30,23 @@ from attacks_client.attacks import get_attack  # noqa: E402
 from attacks_client.oracles.base import FunctionOracle  # noqa: E402
 from attacks_client.oracles.http import HttpOracle  # noqa: E402
 from benchmarks.common import machine, median, npy_body, paired_rounds, write_section  # noqa: E402
-from service.codec import decode_npy, validate_images  # noqa: E402
-from service.config import ModelSettings, Settings  # noqa: E402
-from service.datasets import mnist_subset  # noqa: E402
-from service.inference import ModelHost  # noqa: E402
+from service.model_settings import ModelSettings
+from service.offline.datasets import mnist_subset  # noqa: E402
+from service.protocol.predict import decode_npy
+from service.protocol.tensors import validate_images  # noqa: E402
+from service.serving.local import LocalHost  # noqa: E402
+from service.settings import Settings  # noqa: E402
 from tests.servers import ServiceProcess  # noqa: E402
 
 log = logging.getLogger("bench_serving")
 HEADING = "## Serving"
 
 
-def in_process_host(defense: str = "none") -> ModelHost:
+def in_process_host(defense: str = "none") -> LocalHost:
     """The model as a server with default settings holds it (traced, chunked), one thread."""
     torch.set_num_threads(1)
     defaults = Settings()
-    return ModelHost.load(
+    return LocalHost.load(
         ModelSettings(defense={"kind": defense, "sigma": 0.01}),
         torch.device("cpu"),
         False,
@@ -53,7 +55,7 @@ def in_process_host(defense: str = "none") -> ModelHost:
     )
 
 
-def model_throughput(host: ModelHost, batch: int, repeats: int) -> float:
+def model_throughput(host: LocalHost, batch: int, repeats: int) -> float:
     x = np.random.default_rng(0).random((batch, 1, 28, 28), dtype=np.float32)
     host.forward(x)
     start = time.perf_counter()

@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 from rich.progress import track
 
-from service.config import DetectionSettings, ModelSettings, Settings
-from service.datasets import mnist_subset
 from service.detection.detector import QueryDetector
 from service.detection.store import MemoryDetectionStore
+from service.model_settings import DetectionSettings, ModelSettings
+from service.offline.datasets import mnist_subset
+from service.settings import Settings
 
 SECRET = b"measurement-secret"
 
@@ -114,8 +115,8 @@ def redis_bytes_per_query(args: argparse.Namespace) -> dict[str, float]:
     import subprocess
     import tempfile
 
+    from service.accounting.redis_counter import RedisCounter
     from service.detection.redis_store import RedisDetectionStore
-    from service.redis_counter import RedisCounter
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -142,7 +143,7 @@ def redis_bytes_per_query(args: argparse.Namespace) -> dict[str, float]:
             async def measure(action: str) -> float:
                 counter = RedisCounter(f"redis://127.0.0.1:{port}/0", prefix=f"{action}:")
                 detector = make_detector(action, Settings())
-                detector.store = RedisDetectionStore(counter)
+                detector.store = RedisDetectionStore(counter.backend)
                 client = detector.store._redis  # type: ignore[attr-defined]
                 for start in range(0, len(images), 32):
                     x = images[start : start + 32]

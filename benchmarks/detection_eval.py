@@ -35,9 +35,9 @@ from attacks_client.data import START_POOL, ImageSet, embedded_mnist, other_clas
 from attacks_client.evaluation.scoring import score_result, select_images
 from attacks_client.oracles import HttpOracle, JitterOracle, Oracle, OracleWrapper, RepeatOracle
 from benchmarks.detection_benign import SECRET, Overlap, benign_part, redis_bytes_per_query
-from service.config import DetectionSettings
 from service.detection.blacklight import BlacklightFingerprint
 from service.detection.detector import blacklight_params
+from service.model_settings import DetectionSettings
 from tests.servers import RedisProcess, ServiceProcess
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ queries, it runs
   query T times and votes (``RepeatOracle``), at the same budget of real queries.
 
 Every final candidate is judged by the defended endpoint under a separate oracle: success at ε
-when its L2 to x0 is at most ε and a majority of 10 noisy draws misclassify it (DESIGN section
-7). Records go to ``runs/popskip/records.jsonl`` (rerun to resume), the page to
-``docs/results/popskipjump.md``.
+when its L2 to x0 is at most ε and a majority of 10 noisy draws misclassify it (the evaluation
+protocol, docs/attacking/protocol.md). Records go to ``runs/popskip/records.jsonl`` (rerun to
+resume), the page to ``docs/results/popskipjump.md``.
 """
 
 from __future__ import annotations

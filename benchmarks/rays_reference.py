@@ -16,7 +16,8 @@ real queries, against the embedded ResNet-20 without noise and behind label-only
 
 Every final candidate is judged by the defended endpoint under a separate oracle: success at
 an L∞ radius ε when its L∞ distance to x0 is at most ε (the grid's float32 tolerance,
-``measures.judged_linf``) and a majority of 10 noisy draws misclassify it (DESIGN section 7).
+``measures.judged_linf``) and a majority of 10 noisy draws misclassify it
+(docs/attacking/protocol.md).
 Records go to ``runs/rays/records.jsonl`` (rerun to resume), the page to
 ``docs/results/rays.md``.
 """

@@ -3,8 +3,8 @@
 One local server hosts the embedded ResNet-20 without noise and behind label-only SND; each run
 is one implementation on one image at one endpoint with its own budgeted ``HttpOracle``, in a
 spawned worker process; the parent judges each final candidate under a separate oracle (a
-majority of noisy draws must misclassify it, DESIGN section 7) and appends the record to a
-JSONL file, so a rerun resumes; the page keeps its hand-written reading.
+majority of noisy draws must misclassify it, docs/attacking/protocol.md) and appends the
+record to a JSONL file, so a rerun resumes; the page keeps its hand-written reading.
 """
 
 from __future__ import annotations

@@ -214,7 +214,7 @@ for db, service in ((0, "defended"), (1, "undefended")):
     def cli(*args: str) -> str:
         return subprocess.run(["podman", "exec", sys.argv[2], "redis-cli", "-n", str(db), *args],
                               capture_output=True, text=True, check=True).stdout
-    # snd:{<caller>}:usage is a hash model -> images answered (service/redis_counter.py)
+    # snd:{<caller>}:usage is a hash model -> images answered (service/accounting/redis_counter.py)
     keys = cli("--scan", "--pattern", "snd:{*attacker*}:usage").split()
     counted = sum(int(v) for key in keys for v in cli("hvals", key).split())
     print(f"{endpoint}_record_queries={spent}")

@@ -1,6 +1,6 @@
 """``python -m service [--flags]``: run the gateway under uvicorn.
 
-Every field of :class:`service.config.Settings` is a flag (``--sigma 0.01``) and an environment
+Every field of :class:`service.settings.Settings` is a flag (``--sigma 0.01``) and an environment
 variable (``SND_SIGMA=0.01``); flags win. Dict and list settings take JSON.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, get_args, get_origin
 import uvicorn
 from pydantic import ValidationError
 
-from service.config import Settings
+from service.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:

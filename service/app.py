@@ -9,21 +9,22 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import __version__
-from service.accounting import MemoryCounter, QueryCounter
+from service.accounting.base import QueryCounter
+from service.accounting.memory import MemoryCounter
 from service.api.deps import Runtime
+from service.api.errors import install_error_handlers
 from service.api.routes import detections, docs, health, metrics, models, predict, usage, v2
-from service.config import Settings
 from service.detection.detector import build_detectors
-from service.errors import install_error_handlers
-from service.inference import ModelPool
 from service.metrics import install_metrics
+from service.serving.pool import ModelPool
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 def build_counter(settings: Settings) -> QueryCounter:
     if settings.redis_url or settings.redis_mode == "sentinel":
-        from service.redis_counter import RedisCounter
+        from service.accounting.redis_counter import RedisCounter
 
         return RedisCounter(
             settings.redis_url,

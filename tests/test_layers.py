@@ -157,25 +157,87 @@ def test_client_and_service_never_import_each_other() -> None:
     assert crossing == []
 
 
-def test_the_service_core_does_not_import_its_routes() -> None:
-    """Models, defenses and training sit below the HTTP layer (``service.api``, ``service.app``)."""
-    core = (
-        "service.models",
-        "service.defenses",
-        "service.training",
-        "service.train",
-        "service.inference",
-        "service.batching",
-        "service.accounting",
-    )
-    wrong = [
+# service: the request path (api: routes -> one pipeline; app) on top, the codecs (protocol)
+# below it, then serving (model hosts, pool, batcher), detection, accounting, and the leaves
+# (defenses, models, settings, errors, metrics). Offline tools (training, clean accuracy,
+# datasets) sit beside the server, which never imports them.
+REQUEST_PATH = ("service.api", "service.app", "service.__main__")
+BELOW_THE_REQUEST_PATH = (
+    "service.protocol",
+    "service.serving",
+    "service.detection",
+    "service.accounting",
+    "service.defenses",
+    "service.models",
+    "service.settings",
+    "service.model_settings",
+    "service.errors",
+    "service.metrics",
+    "service.offline",
+)
+BELOW_THE_CODECS = tuple(p for p in BELOW_THE_REQUEST_PATH if p != "service.protocol")
+
+
+def edges_from(sources: tuple[str, ...], targets: tuple[str, ...]) -> list[str]:
+    return [
         f"{n} -> {d}"
         for n, deps in GRAPH.items()
-        if n.startswith(core)
+        if n.startswith(sources)
         for d in deps
-        if d.startswith(("service.api", "service.app"))
+        if d.startswith(targets)
+    ]
+
+
+def closure(roots: list[str]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(GRAPH.get(name, []))
+    return seen
+
+
+def test_the_request_path_is_never_imported_from_below() -> None:
+    """Serving, detection, accounting and the leaves know nothing of routes or the pipeline."""
+    assert edges_from(BELOW_THE_REQUEST_PATH, REQUEST_PATH) == []
+
+
+def test_only_the_request_path_and_the_proxy_use_the_codecs() -> None:
+    """The codecs (``service.protocol``) are used by the routes, and by the upstream host,
+    which speaks the Open Inference Protocol to its server (one OIP wire module for both)."""
+    allowed = ("service.serving.upstream", "service.serving.local")
+    wrong = [
+        e for e in edges_from(BELOW_THE_CODECS, ("service.protocol",)) if not e.startswith(allowed)
     ]
     assert wrong == []
+
+
+def test_the_server_never_imports_the_offline_tools() -> None:
+    """Everything the server process can import (from its entry point and app factory)
+    excludes training, clean-accuracy measurement and datasets; they do not import it either."""
+    served = closure(["service.__main__", "service.app"])
+    assert "service.api.pipeline" in served and "service.serving.pool" in served  # it walks
+    assert sorted(m for m in served if m.startswith("service.offline")) == []
+    assert edges_from(("service.offline",), REQUEST_PATH + ("service.serving",)) == []
+
+
+def test_the_service_tree_has_its_floors() -> None:
+    """Each concern is a package, and the service root holds only the cross-cutting pieces."""
+    root = sorted(
+        n for n in MODULES if n.startswith("service.") and n.count(".") == 1 and n in GRAPH
+    )
+    packages = {"api", "protocol", "serving", "accounting", "detection", "defenses", "models"}
+    flat = [n for n in root if n.split(".")[1] not in packages | {"offline"}]
+    assert flat == [
+        "service.__main__",
+        "service.app",
+        "service.errors",
+        "service.metrics",
+        "service.model_settings",
+        "service.settings",
+    ]
 
 
 SHORT = {**MODULES, **{module_name(p): p for p in sorted((ROOT / "tests").rglob("*.py"))}}

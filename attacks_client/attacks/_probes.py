@@ -1,4 +1,5 @@
-"""Success checks of the score attacks from answers already paid for (DESIGN.md Sec. 6)."""
+"""Success checks of the score attacks from answers already paid for (the counting rule:
+docs/attacking/protocol.md, "Counting queries")."""
 
 from __future__ import annotations
 

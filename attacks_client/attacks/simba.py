@@ -14,7 +14,8 @@ here: a probe the endpoint already classifies as adversarial is reported and end
 
 Counting differs from the reference only where it undercounts: the first query of ``x0`` is
 counted (the records also carry the reference's count, without it), and the success checks cost
-nothing because they reuse the probes' answers (DESIGN.md Sec. 6).
+nothing because they reuse the probes' answers (docs/attacking/protocol.md, "Counting
+queries").
 
 Numerics: "lower probability of the true class" is compared as "higher total probability of
 all other classes" — the same order, since the scores sum to 1, but it keeps its resolution when

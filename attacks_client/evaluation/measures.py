@@ -1,9 +1,10 @@
 """What the report measures on a cell of records (one attack on one endpoint).
 
-``success_rate`` follows DESIGN section 7: a record succeeds at ``q`` when its candidate after
-``q`` queries lies within ``epsilon`` and the attacked endpoint misclassified it. The Wilson
-score interval gives the uncertainty of a rate over n images (Wilson 1927; it stays inside
-[0, 1] and is sound at 0/n and n/n, where the normal approximation collapses to a point).
+``success_rate`` follows the evaluation protocol (docs/attacking/protocol.md): a record
+succeeds at ``q`` when its candidate after ``q`` queries lies within ``epsilon`` and the
+attacked endpoint misclassified it. The Wilson score interval gives the uncertainty of a rate
+over n images (Wilson 1927; it stays inside [0, 1] and is sound at 0/n and n/n, where the
+normal approximation collapses to a point).
 """
 
 from __future__ import annotations

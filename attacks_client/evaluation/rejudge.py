@@ -1,6 +1,7 @@
 """``python -m attacks_client rejudge --config experiments/<name>.toml``: a second verdict.
 
-The success rule of DESIGN section 7 asks the *defended* endpoint, by a majority of noisy draws.
+The success rule of docs/attacking/protocol.md asks the *defended* endpoint, by a majority of
+noisy draws.
 A decision attack's candidate sits on the decision boundary, where that majority can be close to
 a coin flip, so a failure could mean either that the attack found no adversarial image or that
 the noise hides the one it found. This command asks the endpoint's noise-free twin (its

@@ -1,4 +1,5 @@
-"""Running an attack over a set of images and scoring it (the evaluation protocol, DESIGN §7).
+"""Running an attack over a set of images and scoring it (the evaluation protocol,
+docs/attacking/protocol.md).
 
 The pieces of the single-attack command (``python -m attacks_client <attack>``):
 :func:`select_images` (N correctly classified images, fixed seed), :func:`misclassified` (the

@@ -6,7 +6,7 @@ One local server hosts the endpoints (``none``, ``snd-0.001``, ``snd-0.01``: the
 ResNet-20 without and behind SND). For every (attack, endpoint, image) both implementations run
 with the same budget, each through its own ``HttpOracle``; the parent judges every final
 candidate with a separate identity, once by the attacked endpoint's majority of 10 noisy draws
-(DESIGN section 7) and once by the noise-free h (the ``none`` endpoint). ART also runs
+(docs/attacking/protocol.md) and once by the noise-free h (the ``none`` endpoint). ART also runs
 in-process, on the ``none`` model, for the speed comparison. Records go to
 ``runs/parity/records.jsonl`` (rerun to resume); the page to ``docs/results/parity.md``.
 

@@ -28,8 +28,9 @@ through `attacks_client.oracles.ArtBridge`), on the same correctly classified em
 images (seed {seed}), with the same budget of {budget} queries per image, every image each sends
 counted (ART's own x0 predictions included). One verdict rule for both, on the final candidate:
 success at ε when its L2 to x0 is ≤ ε (its L∞ for `square-linf`) and the attacked endpoint
-misclassifies it in a majority of {draws} draws (DESIGN section 7, asked by a separate
-identity); the second table asks the noise-free model h instead.
+misclassifies it in a majority of {draws} draws ([the evaluation
+protocol](../attacking/protocol.md#success), asked by a separate identity); the second table
+asks the noise-free model h instead.
 
 ART's settings (`benchmarks/parity/art_runs.py`): ART's defaults everywhere, HSJA with
 `max_iter = 64` in one `generate` call (a subclass notes ART's current sample at each iteration,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from service.datasets import mnist_subset
+
 from service.models.registry import get_spec
 
 

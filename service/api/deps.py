@@ -13,12 +13,12 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from service.accounting import QueryCounter
-from service.config import Settings
+from service.accounting.base import QueryCounter
 from service.detection.detector import QueryDetector
 from service.detection.store import DetectionStore
 from service.errors import ApiError
-from service.inference import ModelPool
+from service.serving.pool import ModelPool
+from service.settings import Settings
 
 
 @dataclass

@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from service.accounting import Charge, CounterUnavailable
+from service.accounting.base import Charge, CounterUnavailable
 from service.api.deps import Runtime
-from service.batching import Overloaded
-from service.codec import OutputMode, validate_images
 from service.detection.detector import QueryDetector, refused_error
 from service.errors import ApiError, counter_unavailable
-from service.inference import Host
 from service.metrics import QUERIES_ANSWERED, QUERIES_UNCOUNTED
+from service.protocol.tensors import OutputMode, validate_images
+from service.serving.batcher import Overloaded
+from service.serving.pool import Host
 
 log = logging.getLogger(__name__)
 _BACKGROUND: set[asyncio.Task[None]] = set()  # refunds that outlive their cancelled request
@@ -185,7 +185,7 @@ async def answer(
     a refused or failed request refunds its charge."""
     host = resolve_host(runtime, model)
     mode = output_mode(host, requested)
-    images = validate_images(images, host.spec.input_shape, runtime.settings.max_batch)
+    images = validate_images(images, host.signature.input_shape, runtime.settings.max_batch)
     n = len(images)
     detector = runtime.detectors.get(host.name)
     gate_at = None  # a refused caller costs no charge and no forward pass

@@ -9,7 +9,7 @@ from service.defenses.rp import RandomResizePad
 from service.defenses.snd import SmallNoiseDefense
 
 if TYPE_CHECKING:
-    from service.config import DefenseSettings
+    from service.model_settings import DefenseSettings
 
 
 def build_defense(settings: DefenseSettings) -> Defense:

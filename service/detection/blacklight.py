@@ -22,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 
+from service.detection import defaults
 from service.detection.base import derive_bytes
 
 HashKind = Literal["fast", "sha256"]
@@ -38,11 +39,11 @@ def official_salt(secret: bytes, shape_hwc: tuple[int, ...]) -> np.ndarray:
 class BlacklightParams:
     """Blacklight's parameters; the defaults are the reference's (CIFAR-10)."""
 
-    window: int = 20
-    keep: int = 50
+    window: int = defaults.WINDOW
+    keep: int = defaults.KEEP
     step: int = 1
-    quantization: int = 50
-    threshold: int = 25
+    quantization: int = defaults.QUANTIZATION
+    threshold: int = defaults.THRESHOLD
     hash: HashKind = "fast"
     skip_flat: bool = False
 

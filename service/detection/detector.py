@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.accounting import CounterUnavailable, QueryCounter
-from service.config import DetectionSettings, ModelSettings, Settings
+from service.accounting.base import CounterUnavailable, QueryCounter
+from service.detection import defaults
 from service.detection.base import Detector
 from service.detection.blacklight import BlacklightFingerprint, BlacklightParams
 from service.detection.exact import ExactDigest
@@ -34,6 +34,8 @@ from service.detection.store import (
 )
 from service.errors import ApiError, counter_unavailable
 from service.metrics import DETECTIONS
+from service.model_settings import DetectionSettings, ModelSettings
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 OFF_LOOP_IMAGES = 8  # larger batches are fingerprinted in a worker thread
@@ -46,7 +48,8 @@ def blacklight_params(
     3,072 values, 50 beyond (ImageNet-sized inputs), fast hashing, blank windows skipped."""
     size = int(np.prod(input_shape))
     reference = settings.fingerprint == "reference"
-    window = settings.window or (20 if reference or size <= 3072 else 50)
+    small = reference or size <= defaults.LARGE_INPUT
+    window = settings.window or (defaults.WINDOW if small else defaults.LARGE_WINDOW)
     return BlacklightParams(
         window=window,
         keep=settings.keep,
@@ -250,13 +253,13 @@ def build_detectors(
     active = [m for m in settings.models if m.detection.action != "off"]
     if not active:
         return None, {}
-    from service.redis_counter import RedisCounter
+    from service.accounting.redis_counter import RedisCounter
 
     store: DetectionStore
     if isinstance(counter, RedisCounter):
         from service.detection.redis_store import RedisDetectionStore
 
-        store = RedisDetectionStore(counter)
+        store = RedisDetectionStore(counter.backend)
     else:
         store = MemoryDetectionStore()
     secret = detection_secret(settings)

@@ -32,7 +32,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from service.accounting import CounterUnavailable, drain
+from service.accounting.base import CounterUnavailable
+from service.accounting.coalescing import drain
+from service.accounting.redis_connections import RedisBackend, no_script
 from service.detection.redis_lua import OBSERVE_LUA, SHARED_LUA
 from service.detection.store import (
     BUCKETS,
@@ -45,8 +47,6 @@ from service.detection.store import (
     bucket_range,
     refusal,
 )
-from service.redis_connections import no_script
-from service.redis_counter import RedisCounter
 
 MAX_CALLS_PER_PIPELINE = 64
 
@@ -68,9 +68,9 @@ def _text(value: Any) -> str:
 class RedisDetectionStore:
     """Detection state shared by every gateway process that uses the same Redis."""
 
-    def __init__(self, counter: RedisCounter) -> None:
-        self._counter = counter
-        self._redis = counter.binary_client()
+    def __init__(self, backend: RedisBackend) -> None:
+        self._backend = backend
+        self._redis = backend.binary_client()
         self._observe = self._redis.register_script(OBSERVE_LUA)
         self._shared = self._redis.register_script(SHARED_LUA)
         self._pending: list[_PendingCall] = []
@@ -79,7 +79,7 @@ class RedisDetectionStore:
         self._token_seq = itertools.count()
 
     def _key(self, caller: str, name: str) -> str:
-        return self._counter.key(caller, name)
+        return self._backend.key(caller, name)
 
     async def observe(
         self,
@@ -95,7 +95,7 @@ class RedisDetectionStore:
         if token is None:
             token = f"{self._token_prefix}:{next(self._token_seq)}"
         buckets = bucket_range(now, policy)
-        keys = [self._counter.detection_key(caller), self._key(caller, "det:window")]
+        keys = [self._backend.detection_key(caller), self._key(caller, "det:window")]
         keys.append(self._key(caller, f"det:once:{token}"))
         keys += [self._key(caller, f"det:{model}:{b}") for b in buckets]
         numbers = [
@@ -112,7 +112,7 @@ class RedisDetectionStore:
             repr(policy.throttle_s),
             int(policy.escalate),
             int(policy.store_answers),
-            self._counter.token_ttl_s,
+            self._backend.token_ttl_s,
         ]
         args: list[Any] = [" ".join(map(str, numbers)), model, len(observations)]
         for o in observations:
@@ -146,7 +146,7 @@ class RedisDetectionStore:
         await drain(self._pending, MAX_CALLS_PER_PIPELINE, self._apply)
 
     async def _apply(self, batch: list[_PendingCall]) -> None:
-        results = await self._counter.call(functools.partial(self._send, batch))
+        results = await self._backend.call(functools.partial(self._send, batch))
         for pending, result in zip(batch, results, strict=True):
             if pending.waiter.done():
                 continue
@@ -186,7 +186,7 @@ class RedisDetectionStore:
         self, caller: str, model: str, near: list[list[bytes]], policy: Policy, now: float
     ) -> list[str | None]:
         buckets = bucket_range(now, policy)
-        tag = f"{self._counter.prefix}{{{SHARED_TAG}}}:det"
+        tag = f"{self._backend.prefix}{{{SHARED_TAG}}}:det"
         keys = [tag] + [f"{tag}:{model}:{b}" for b in buckets]
         numbers = [
             len(buckets),
@@ -196,12 +196,12 @@ class RedisDetectionStore:
         ]
         args: list[Any] = [" ".join(map(str, numbers)), caller, len(near)]
         args += [b"".join(row) for row in near]
-        reply = await self._counter.call(lambda: self._shared(keys=keys, args=args))
+        reply = await self._backend.call(lambda: self._shared(keys=keys, args=args))
         owners = [_text(o) or None for o in reply]
         flagged = sum(o is not None for o in owners)
         if flagged:
-            stats = self._counter.detection_key(caller)
-            await self._counter.call(
+            stats = self._backend.detection_key(caller)
+            await self._backend.call(
                 lambda: self._redis.hincrby(stats, f"flags:{model}:cross_caller", flagged)
             )
         return owners
@@ -210,22 +210,22 @@ class RedisDetectionStore:
         """One ``HMGET`` of the caller's state: is it throttled or suspended right now?"""
         if not policy.escalate:
             return None, 0.0
-        stats_key = self._counter.detection_key(caller)
-        raw, until = await self._counter.call(
+        stats_key = self._backend.detection_key(caller)
+        raw, until = await self._backend.call(
             lambda: self._redis.hmget(stats_key, "state", "until")
         )
         state: State = _text(raw) if raw else "ok"  # type: ignore[assignment]
         return refusal(state, float(until or 0), policy, now)
 
     async def status(self, caller: str, policy: Policy, now: float) -> CallerStatus | None:
-        stats_key, window_key = self._counter.detection_key(caller), self._key(caller, "det:window")
+        stats_key, window_key = self._backend.detection_key(caller), self._key(caller, "det:window")
 
         async def read() -> tuple[dict[bytes, bytes], int]:
             stats = await self._redis.hgetall(stats_key)
             count = await self._redis.zcount(window_key, now - policy.flag_window_s, "+inf")
             return stats, int(count)
 
-        raw, in_window = await self._counter.call(read)
+        raw, in_window = await self._backend.call(read)
         if not raw:
             return None
         stats = {_text(k): _text(v) for k, v in raw.items()}
@@ -250,16 +250,16 @@ class RedisDetectionStore:
         )
 
     async def callers(self) -> list[str]:
-        return [c for c in await self._counter.scan_callers(":det") if c != SHARED_TAG]
+        return [c for c in await self._backend.scan_callers(":det") if c != SHARED_TAG]
 
     async def lift(self, caller: str) -> None:
-        stats_key, window_key = self._counter.detection_key(caller), self._key(caller, "det:window")
+        stats_key, window_key = self._backend.detection_key(caller), self._key(caller, "det:window")
 
         async def lift() -> None:
             await self._redis.hdel(stats_key, "state", "until")
             await self._redis.delete(window_key)
 
-        await self._counter.call(lift)
+        await self._backend.call(lift)
 
     async def forget(self, caller: str) -> None:
         pattern = self._key(caller, "det*")
@@ -269,11 +269,11 @@ class RedisDetectionStore:
             for key in keys:  # one by one: on a cluster a multi-key DEL must stay in one slot
                 await self._redis.delete(key)
 
-        await self._counter.call(forget)
+        await self._backend.call(forget)
 
     async def close(self) -> None:
         """Close the binary client's connections (the app's shutdown)."""
-        await self._counter.connections.close(self._redis)
+        await self._backend.connections.close(self._redis)
 
 
 def _escape_glob(pattern: str) -> str:

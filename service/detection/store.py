@@ -21,6 +21,7 @@ from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from service.detection import defaults
 from service.detection.memory_index import append, nearest
 
 State = Literal["ok", "throttled", "suspended"]
@@ -63,16 +64,16 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Policy:
-    """How a store judges and escalates (see ``service.config.DetectionSettings``)."""
+    """How a store judges and escalates (see ``service.settings.DetectionSettings``)."""
 
-    near_threshold: int = 25
-    repeat_allowance: int = 0
-    retention_s: float = 86400.0
-    ids_per_key: int = 32
-    flag_window_s: float = 3600.0
-    throttle_after: int = 20
-    suspend_after: int = 100
-    throttle_s: float = 60.0
+    near_threshold: int = defaults.THRESHOLD
+    repeat_allowance: int = defaults.REPEAT_ALLOWANCE
+    retention_s: float = defaults.RETENTION_S
+    ids_per_key: int = defaults.IDS_PER_KEY
+    flag_window_s: float = defaults.FLAG_WINDOW_S
+    throttle_after: int = defaults.THROTTLE_AFTER
+    suspend_after: int = defaults.SUSPEND_AFTER
+    throttle_s: float = defaults.THROTTLE_S
     escalate: bool = False
     store_answers: bool = False
 

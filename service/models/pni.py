@@ -6,7 +6,7 @@ adversarial attack" (CVPR 2019); reference code elliothe/Parametric-Noise-Inject
 Every convolution and the classifier use, at every forward pass (training and inference),
 the weight ``W + α ⊙ η`` with η ~ N(0, std(W)²) (one std over the whole weight tensor, without
 gradient) and a learnable ``α`` per output channel, initialised to 0.25. The α are trained
-jointly with the weights by adversarial training (``service.training``: the reference's
+jointly with the weights by adversarial training (``service.offline.training``: the reference's
 0.5 · clean + 0.5 · PGD loss, no weight decay on α); without it they shrink towards zero.
 
 Our one difference: at inference every image of a batch gets its own weight noise (grouped

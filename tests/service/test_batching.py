@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from service.batching import DynamicBatcher, Overloaded
-from service.config import ModelSettings
-from service.datasets import mnist_subset
-from service.inference import ModelHost
+from service.model_settings import ModelSettings
+from service.offline.datasets import mnist_subset
+from service.serving.batcher import DynamicBatcher, Overloaded
+from service.serving.local import LocalHost
 from tests.servers import ServiceProcess
 
 
@@ -94,7 +94,7 @@ def test_a_full_queue_refuses_new_work() -> None:
 
 
 def test_merged_requests_get_independent_noise() -> None:
-    host = ModelHost.load(
+    host = LocalHost.load(
         ModelSettings(defense={"kind": "snd", "sigma": 0.05}), torch.device("cpu"), False
     )
     image = mnist_subset("test").images[:1]
@@ -123,7 +123,7 @@ def test_answers_and_counts_are_the_same_with_batching_on_and_off(batching: bool
         "api_keys": {sha(k): name for name, k in keys.items()},
     }
     images = mnist_subset("test").images[:32]
-    reference = ModelHost.load(
+    reference = LocalHost.load(
         ModelSettings(defense={"kind": "none"}), torch.device("cpu"), False
     ).forward(images)
 

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.__main__ import build_parser, settings_from_args
-from service.config import Settings
+from service.settings import Settings
 from tests.servers import ROOT
 
 
@@ -167,8 +167,8 @@ def test_several_detecting_workers_without_a_secret_refuse_to_start() -> None:
 
 
 def test_redis_timings_are_settings_the_counter_uses() -> None:
+    from service.accounting.redis_counter import RedisCounter
     from service.app import build_counter
-    from service.redis_counter import RedisCounter
 
     settings = Settings(
         redis_url="redis://127.0.0.1:6379/0",
@@ -179,5 +179,9 @@ def test_redis_timings_are_settings_the_counter_uses() -> None:
     )
     counter = build_counter(settings)  # connects lazily: no Redis needed
     assert isinstance(counter, RedisCounter)
-    timings = (counter.wait_timeout_ms, counter.token_ttl_s, counter.connections.master_check_s)
+    timings = (
+        counter.wait_timeout_ms,
+        counter.backend.token_ttl_s,
+        counter.backend.connections.master_check_s,
+    )
     assert timings == (750, 90, 2.5)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from service.config import ModelSettings
-from service.datasets import mnist_subset
 from service.defenses import SmallNoiseDefense
-from service.inference import ModelHost
+from service.model_settings import ModelSettings
+from service.offline.datasets import mnist_subset
+from service.serving.local import LocalHost
 from tests.servers import ServiceProcess
 
 pytestmark = [
@@ -26,9 +26,9 @@ pytestmark = [
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
-def host(precision: str, sigma: float = 0.01) -> ModelHost:
+def host(precision: str, sigma: float = 0.01) -> LocalHost:
     defense = {"kind": "snd", "sigma": sigma} if sigma else {"kind": "none"}
-    return ModelHost.load(
+    return LocalHost.load(
         ModelSettings(defense=defense), torch.device("cuda"), False, precision=precision
     )
 

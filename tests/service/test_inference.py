@@ -7,9 +7,11 @@ import asyncio
 import numpy as np
 import torch
 
-from service.config import ModelSettings, Settings
-from service.datasets import mnist_subset
-from service.inference import ModelHost, ModelPool
+from service.model_settings import ModelSettings
+from service.offline.datasets import mnist_subset
+from service.serving.local import LocalHost
+from service.serving.pool import ModelPool
+from service.settings import Settings
 
 CPU = torch.device("cpu")
 
@@ -20,9 +22,9 @@ def load(
     *,
     graph: str = "eager",
     chunk_images: int = 0,
-) -> ModelHost:
+) -> LocalHost:
     settings = ModelSettings(zoo=zoo, defense=defense)  # type: ignore[arg-type]
-    return ModelHost.load(settings, CPU, False, graph=graph, chunk_images=chunk_images)
+    return LocalHost.load(settings, CPU, False, graph=graph, chunk_images=chunk_images)
 
 
 def test_the_traced_graph_answers_like_the_eager_model() -> None:

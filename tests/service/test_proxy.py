@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.stats import chi2_contingency
 
-from service.datasets import mnist_subset
+from service.offline.datasets import mnist_subset
 from tests.oip import assert_oip_error, infer, outputs_of
 from tests.servers import RedisProcess, ServiceProcess, UpstreamProcess, free_port
 

@@ -9,10 +9,14 @@ import httpx
 import numpy as np
 import pytest
 
-from service.config import UpstreamSettings
-from service.proxy import UpstreamModel, decode_response, encode_request, parse_metadata
+from service.protocol.oip import (
+    HEADER_LENGTH,
+    UpstreamModel,
+    decode_response,
+    encode_request,
+    parse_metadata,
+)
 
-UPSTREAM = UpstreamSettings(url="http://u:1", model="m")
 META = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
     "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
@@ -20,11 +24,11 @@ META = {
 
 
 def test_metadata_names_shapes_and_binary_choice() -> None:
-    model = parse_metadata(UPSTREAM, {"extensions": ["binary_tensor_data"]}, META)
+    model = parse_metadata({"extensions": ["binary_tensor_data"]}, META)
     assert model == UpstreamModel("x", (1, 28, 28), "logits", 10, True)
-    assert not parse_metadata(UPSTREAM, {"extensions": []}, META).binary
-    forced = UPSTREAM.model_copy(update={"binary": True})
-    assert parse_metadata(forced, [], META).binary  # a server without metadata, forced
+    assert not parse_metadata({"extensions": []}, META).binary
+    assert not parse_metadata({"extensions": ["binary_tensor_data"]}, META, binary=False).binary
+    assert parse_metadata([], META, binary=True).binary  # type: ignore[arg-type]  # forced
     for bad in (
         {**META, "inputs": META["inputs"] * 2},
         {**META, "inputs": [{**META["inputs"][0], "datatype": "INT8"}]},
@@ -32,9 +36,9 @@ def test_metadata_names_shapes_and_binary_choice() -> None:
         {**META, "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1]}]},
     ):
         with pytest.raises(ValueError):
-            parse_metadata(UPSTREAM, {}, bad)
+            parse_metadata({}, bad)
     with pytest.raises(ValueError):
-        parse_metadata(UPSTREAM.model_copy(update={"output": "nope"}), {}, META)
+        parse_metadata({}, META, output="nope")
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -62,8 +66,10 @@ def test_request_and_answer_round_trip(binary: bool) -> None:
         )
     else:
         response = httpx.Response(200, json={"outputs": [{**out, "data": logits.ravel().tolist()}]})
-    np.testing.assert_array_equal(decode_response(model, response, 2), logits)
+    body, header = response.content, response.headers.get(HEADER_LENGTH)
+    np.testing.assert_array_equal(decode_response(model, body, header, 2), logits)
     with pytest.raises(ValueError, match="shape"):
-        decode_response(model, response, 3)  # an answer for another batch size
+        decode_response(model, body, header, 3)  # an answer for another batch size
     with pytest.raises(ValueError, match="no output"):
-        decode_response(UpstreamModel("x", (1, 2, 2), "other", 3, binary), response, 2)
+        other = UpstreamModel("x", (1, 2, 2), "other", 3, binary)
+        decode_response(other, body, header, 2)

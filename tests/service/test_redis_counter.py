@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from service.accounting import CounterUnavailable, MemoryCounter, QueryCounter
-from service.redis_counter import RedisCounter
+from service.accounting.base import CounterUnavailable, QueryCounter
+from service.accounting.memory import MemoryCounter
+from service.accounting.redis_counter import RedisCounter
 from tests.servers import RedisProcess, free_port
 
 CounterFactory = Callable[[], QueryCounter]
@@ -217,7 +218,7 @@ def test_a_retried_charge_or_refund_counts_once(redis_server: RedisProcess) -> N
         assert not (await counter.charge_with_token("key:t", "m", 4, 5, "token-2")).allowed
         # a retried refund script (same keys, as redis-py's retry re-sends it) applies once
         await counter.charge("key:r", "m", 5, None)
-        keys = [counter._usage_key("key:r"), f"{counter.prefix}refund:fixed-token"]
+        keys = [counter._usage_key("key:r"), f"{counter.backend.prefix}refund:fixed-token"]
         for _ in range(2):
             await counter._refund(keys=keys, args=["m", 2, 60])
         assert await counter.usage("key:r") == {"m": 3}
@@ -243,9 +244,9 @@ def test_the_detection_gate_refuses_in_the_charge_and_counts_nothing(
         counter = RedisCounter(
             redis_server.url, prefix=f"test-{uuid.uuid4().hex[:8]}:", timeout=GENEROUS
         )
-        state = counter.connections.client(decode=True)
+        state = counter.backend.connections.client(decode=True)
         await state.hset(
-            counter.detection_key("key:g"), mapping={"state": "throttled", "until": "100.5"}
+            counter.backend.detection_key("key:g"), mapping={"state": "throttled", "until": "100.5"}
         )
         throttled = await counter.charge_with_token("key:g", "m", 2, 10, "t-1", gate_at=40.0)
         assert (throttled.allowed, throttled.gated, throttled.used) == (False, "throttled", 0)
@@ -257,13 +258,13 @@ def test_the_detection_gate_refuses_in_the_charge_and_counts_nothing(
         assert (ungated.allowed, ungated.gated, ungated.used) == (True, None, 2)
         over = await counter.charge("key:g", "m", 3, 10, gate_at=100.5)  # the throttle is over
         assert (over.allowed, over.gated, over.used, over.budget) == (True, None, 5, 10)
-        await state.hset(counter.detection_key("key:g"), "state", "suspended")
+        await state.hset(counter.backend.detection_key("key:g"), "state", "suspended")
         suspended = await counter.charge("key:g", "m", 1, None, gate_at=1e9)
         assert (suspended.allowed, suspended.gated) == (False, "suspended")
         fresh = await counter.charge("key:other", "m", 1, None, gate_at=1e9)  # no state: ok
         assert fresh.allowed and fresh.gated is None
         # the gate comes before the budget: a throttled caller over budget reads throttled
-        await state.hset(counter.detection_key("key:g"), "state", "throttled")
+        await state.hset(counter.backend.detection_key("key:g"), "state", "throttled")
         late = await counter.charge("key:g", "m", 50, 10, gate_at=1.0)
         assert (late.allowed, late.gated, late.used) == (False, "throttled", 5)
         assert await counter.usage("key:g") == {"m": 5}

@@ -18,9 +18,9 @@ import httpx
 import numpy as np
 import pytest
 
+from service.accounting.redis_counter import RedisCounter
 from service.detection.redis_store import RedisDetectionStore
 from service.detection.store import Observation, Policy
-from service.redis_counter import RedisCounter
 from tests.redis_topologies import RedisClusterProcesses, RedisSentinelProcesses, cli
 from tests.servers import ServiceProcess, wait_for
 
@@ -241,7 +241,7 @@ def test_detection_follows_a_sentinel_failover_with_the_counter(
         counter = RedisCounter(
             None, mode="sentinel", sentinels=sentinel.addresses, prefix=prefix, timeout=5.0
         )
-        store = RedisDetectionStore(counter)
+        store = RedisDetectionStore(counter.backend)
         policy = Policy()
         old = sentinel.master_port()
         replica = next(p for p in (sentinel.primary, sentinel.replica) if p.port != old).port
@@ -252,7 +252,7 @@ def test_detection_follows_a_sentinel_failover_with_the_counter(
         # copied before the failover, which does not wait for the replica to catch up
         wait_for(lambda: cli(replica, "hget", stats, "seq").strip() == "1", 30, "the copy")
         new = sentinel.failover()
-        time.sleep(counter.connections.master_check_s)  # the next call asks the Sentinels
+        time.sleep(counter.backend.connections.master_check_s)  # the next call asks the Sentinels
         await store.observe("key:f", "m", [Observation(b"b" * 16, [], b"")], policy, 2.0)
         assert cli(new, "hget", stats, "seq").strip() == "2"
         pool = store._redis.connection_pool
@@ -306,7 +306,7 @@ def test_sigkill_of_the_callers_primary_costs_seconds_not_budget(tmp_path: Any) 
 def test_the_settings_refuse_incomplete_topologies() -> None:
     from pydantic import ValidationError
 
-    from service.config import Settings
+    from service.settings import Settings
 
     with pytest.raises(ValidationError, match="redis_sentinels"):
         Settings(redis_mode="sentinel")

@@ -12,9 +12,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from service.api.deps import AdminDep, Runtime, RuntimeDep
+from service.api.openapi import error_responses
 from service.api.routes.usage import ADMIN_ERRORS, CallerPath, counted
 from service.detection.store import CallerStatus, DetectionStore, Policy, State
-from service.errors import ApiError, error_responses
+from service.errors import ApiError
 
 router = APIRouter(tags=["detections"])
 

@@ -35,13 +35,13 @@ async def list_models(runtime: RuntimeDep) -> ModelList:
     listed = []
     for host in pool.hosts.values():
         try:
-            spec = host.spec
+            spec = host.signature
         except ApiError:
             continue
         listed.append(
             ModelInfo(
                 name=host.name,
-                architecture=spec.name,
+                architecture=spec.architecture,
                 input_shape=list(spec.input_shape),
                 num_classes=spec.num_classes,
                 classes=list(spec.classes),

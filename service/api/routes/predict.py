@@ -10,8 +10,10 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
 from service.api.deps import CallerDep, Runtime, RuntimeDep
+from service.api.openapi import error_responses
 from service.api.pipeline import answer
-from service.codec import (
+from service.errors import ApiError
+from service.protocol.predict import (
     JSON_TYPES,
     NPY_TYPES,
     RAW_TYPES,
@@ -19,10 +21,9 @@ from service.codec import (
     decode_json,
     decode_npy,
     decode_raw,
-    parse_output,
     parse_shape,
 )
-from service.errors import ApiError, error_responses
+from service.protocol.tensors import parse_output
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,8 @@ PREDICT_RESPONSE = {
     },
 }
 
-# every error status /predict answers (the README's table "Errors"): 502 is a proxied model's
-# upstream failing (``service/proxy.py``)
+# every error status /predict answers (the error table of docs/serving/api.md): 502 is a proxied
+# model's upstream failing (``service/serving/upstream.py``)
 PREDICT_ERRORS = (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)
 
 

@@ -14,10 +14,11 @@ from typing import Annotated, Literal, TypeVar
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.accounting import MAX_BUDGET, CounterUnavailable
+from service.accounting.base import MAX_BUDGET, CounterUnavailable
 from service.api.deps import AdminDep, CallerDep, Runtime, RuntimeDep
+from service.api.openapi import error_responses
 from service.detection.store import Policy
-from service.errors import counter_unavailable, error_responses
+from service.errors import counter_unavailable
 
 router = APIRouter(tags=["usage"])
 

@@ -3,10 +3,11 @@
 Per kserve/open-inference-protocol ``inference_rest.md``: server metadata (``GET /v2``, with the
 ``binary_tensor_data`` extension of Triton), health (``/v2/health/live``, ``/v2/health/ready``),
 model metadata and readiness, and ``POST /v2/models/{m}[/versions/{v}]/infer``. Infer decodes
-the request (:mod:`service.oip`), runs :func:`service.api.pipeline.answer` (the same defense,
-caller, counting, budget, label-only policy and limits as ``/predict``) and encodes the answer.
+the request (:mod:`service.protocol.oip`), runs :func:`service.api.pipeline.answer` (the same
+defense, caller, counting, budget, label-only policy and limits as ``/predict``) and encodes the
+answer.
 Errors on ``/v2`` paths take the protocol's shape ``{"error": "<message>"}`` with the stable
-``code`` ``/predict`` gives the same fault beside it (``service/errors.py``).
+``code`` ``/predict`` gives the same fault beside it (``service/api/errors.py``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from pydantic import BaseModel
 
 from service import __version__
 from service.api.deps import CallerDep, Runtime, RuntimeDep
+from service.api.openapi import error_responses
 from service.api.pipeline import answer, resolve_host
-from service.api.routes.health import readiness
+from service.api.readiness import readiness
 from service.api.routes.predict import read_body
-from service.errors import ApiError, error_responses
-from service.inference import Host
-from service.oip import BINARY_EXTENSION, LABEL, PROBABILITIES, decode_infer, encode_infer
+from service.errors import ApiError
+from service.protocol.oip import BINARY_EXTENSION, LABEL, PROBABILITIES, decode_infer, encode_infer
+from service.serving.pool import Host
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
 VERSION = "1"
@@ -71,12 +73,8 @@ async def live() -> dict[str, bool]:
     responses={503: {"description": "not ready"}},
 )
 async def ready(request: Request) -> JSONResponse:
-    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    if runtime is None:
-        return JSONResponse({"ready": False}, status_code=503, headers={"Retry-After": "1"})
-    ok = (await readiness(runtime))[0]
-    retry = None if ok else {"Retry-After": str(runtime.settings.retry_after_s)}
-    return JSONResponse({"ready": ok}, status_code=200 if ok else 503, headers=retry)
+    state = await readiness(request)
+    return JSONResponse({"ready": state.ready}, status_code=state.status, headers=state.headers)
 
 
 def host_for(runtime: Runtime, model: str, version: str | None) -> Host:
@@ -87,7 +85,7 @@ def host_for(runtime: Runtime, model: str, version: str | None) -> Host:
 
 
 def metadata(host: Host) -> ModelMetadata:
-    spec = host.spec
+    spec = host.signature
     outputs = [TensorMetadata(name=LABEL, datatype="INT64", shape=[-1])]
     if "scores" in host.output_modes:
         outputs.insert(
@@ -98,7 +96,7 @@ def metadata(host: Host) -> ModelMetadata:
         versions=[VERSION],
         platform="snd-gateway",
         inputs=[
-            TensorMetadata(name=host.input_name, datatype="FP32", shape=[-1, *spec.input_shape])
+            TensorMetadata(name=spec.input_name, datatype="FP32", shape=[-1, *spec.input_shape])
         ],
         outputs=outputs,
     )
@@ -229,7 +227,7 @@ async def infer(
 ) -> Response:
     host = host_for(runtime, model, version)
     body = await read_body(request, runtime.settings.max_body_bytes)
-    decoded = decode_infer(body, header_length, host.input_name)
+    decoded = decode_infer(body, header_length, host.signature.input_name)
     result = await answer(runtime, caller, decoded.images, host.name, decoded.mode)
     content, headers = encode_infer(decoded, host.name, result.probs, result.mode, version)
     return Response(content, headers={**headers, **result.usage_headers()})

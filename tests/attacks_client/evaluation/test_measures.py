@@ -1,4 +1,5 @@
-"""The report's cell measures: success counts under DESIGN section 7, and Wilson intervals."""
+"""The report's cell measures: success counts under the evaluation protocol
+(docs/attacking/protocol.md), and Wilson intervals."""
 
 from __future__ import annotations
 

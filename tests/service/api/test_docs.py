@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from service.app import create_app
-from service.config import Settings
+from service.settings import Settings
 
 LOCAL_REFERENCE = re.compile(r"""(?:src|href|spec-url)="([^"]+)"|url: '([^']+)'""")
 

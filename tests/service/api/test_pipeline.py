@@ -10,11 +10,11 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 import pytest
 
+from service.accounting.redis_counter import RedisCounter
 from service.api.deps import Runtime
 from service.api.pipeline import answer
-from service.config import Settings
-from service.inference import ModelPool
-from service.redis_counter import RedisCounter
+from service.serving.pool import ModelPool
+from service.settings import Settings
 from tests.servers import RedisProcess
 
 IMAGES = np.zeros((3, 1, 28, 28), np.float32)

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.datasets import mnist_subset
+from service.offline.datasets import mnist_subset
 from tests.servers import ServiceProcess
 
 
@@ -227,8 +227,8 @@ def test_openapi_declares_both_encodings(snd_server: ServiceProcess) -> None:
 
 
 def test_openapi_lists_every_status_predict_and_v2_answer(snd_server: ServiceProcess) -> None:
-    """Every error status of the README's table "Errors" is declared, 502 (a proxied model's
-    upstream failing) included; /v2's error schema carries the code beside the message."""
+    """Every error status of the error table of docs/serving/api.md is declared, 502 (a proxied
+    model's upstream failing) included; /v2's error schema carries the code beside the message."""
     paths = httpx.get(snd_server.url + "/openapi.json").json()["paths"]
     statuses = {"400", "401", "403", "404", "413", "415", "422", "429", "502", "503", "504"}
     predict = paths["/predict"]["post"]["responses"]

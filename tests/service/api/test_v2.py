@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.datasets import mnist_subset
+from service.offline.datasets import mnist_subset
 from tests.oip import assert_oip_error, infer, outputs_of, predict_scores
 from tests.servers import REFUSING_LABELS, REFUSING_WATCHED, ServiceProcess, refusing_settings
 

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.datasets import mnist_subset
+from service.offline.datasets import mnist_subset
 from tests.oip import predict_scores
 from tests.servers import ServiceProcess
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from service.config import DefenseSettings, Settings
 from service.defenses import SmallNoiseDefense, build_defense
+from service.model_settings import DefenseSettings
+from service.settings import Settings
 
 KINDS = ["gaussian", "uniform", "laplace", "salt_pepper"]
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from service.config import DefenseSettings, ModelSettings
 from service.defenses import RandomResizePad, build_defense
-from service.inference import ModelHost
+from service.model_settings import DefenseSettings, ModelSettings
+from service.serving.local import LocalHost
 from tests.service.cached_data import mnist_test_split
 
 
@@ -76,7 +76,7 @@ def test_settings_build_rp() -> None:
 
 def test_resnet20_behind_rp_keeps_its_accuracy() -> None:
     """The model is fully convolutional with global pooling: it takes the 31x31 canvas."""
-    host = ModelHost.load(ModelSettings(defense={"kind": "rp"}), torch.device("cpu"), False)
+    host = LocalHost.load(ModelSettings(defense={"kind": "rp"}), torch.device("cpu"), False)
     test = mnist_test_split()
     probs = host.forward(test.images[:200])
     assert probs.shape == (200, 10)

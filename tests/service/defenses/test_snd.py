@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from service.config import DefenseSettings
 from service.defenses import NoDefense, SmallNoiseDefense, build_defense
+from service.model_settings import DefenseSettings
 
 
 def added_noise(defense: SmallNoiseDefense, x: torch.Tensor) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.datasets import mnist_subset
+from service.offline.datasets import mnist_subset
 from tests.servers import RedisProcess, ServiceProcess, wait_for
 
 ADMIN = "detection-admin"

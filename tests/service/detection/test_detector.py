@@ -15,10 +15,10 @@ import redis as redis_sync
 from prometheus_client import REGISTRY
 
 from service.app import create_app
-from service.config import Settings
 from service.detection.detector import QueryDetector
 from service.detection.store import MemoryDetectionStore, Observation, Policy
 from service.errors import ApiError
+from service.settings import Settings
 from tests.servers import RedisProcess
 
 MODEL = "resnet20-mnist"

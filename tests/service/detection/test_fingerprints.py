@@ -8,11 +8,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from service.config import DetectionSettings
-from service.datasets import mnist_subset
 from service.detection.blacklight import BlacklightFingerprint, BlacklightParams
 from service.detection.detector import blacklight_params
 from service.detection.exact import ExactDigest
+from service.model_settings import DetectionSettings
+from service.offline.datasets import mnist_subset
 
 SECRET = b"test-secret"
 

@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import numpy as np
 
+from service.accounting.redis_counter import RedisCounter
 from service.app import create_app
-from service.config import Settings
 from service.detection.redis_store import RedisDetectionStore
 from service.detection.store import Observation, Policy
-from service.redis_counter import RedisCounter
+from service.settings import Settings
 from tests.servers import RedisProcess
 
 PREFIXES = itertools.count()
@@ -74,7 +74,7 @@ def test_the_same_token_observes_once(redis_server: RedisProcess) -> None:
 
     async def body() -> None:
         counter = RedisCounter(redis_server.url, prefix=f"once{next(PREFIXES)}:", timeout=5)
-        store = RedisDetectionStore(counter)
+        store = RedisDetectionStore(counter.backend)
         policy = Policy(store_answers=True)
         args = ("key:a", "m", [image(b"x")], policy, 100.0)
         first = await store.observe(*args, token="t1")
@@ -103,7 +103,7 @@ def test_a_reply_lost_after_the_script_ran_is_retried_and_observed_once(
         server = await proxy.start()
         url = f"redis://127.0.0.1:{proxy.port}/0"
         counter = RedisCounter(url, prefix=f"lost{next(PREFIXES)}:", timeout=5)
-        store = RedisDetectionStore(counter)
+        store = RedisDetectionStore(counter.backend)
         policy = Policy()
         await store.observe("key:warm", "m", [image(b"w")], policy, 1.0)  # loads the script
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from service.accounting.redis_counter import RedisCounter
 from service.detection.redis_store import RedisDetectionStore
 from service.detection.store import DetectionStore, MemoryDetectionStore, Observation, Policy
-from service.redis_counter import RedisCounter
 from tests.servers import RedisProcess
 
 CALLERS = itertools.count()
@@ -35,7 +35,7 @@ def store(request: pytest.FixtureRequest, redis_server: RedisProcess) -> Iterato
             yield MemoryDetectionStore()
         else:
             counter = RedisCounter(redis_server.url, prefix=f"t{next(CALLERS)}:")
-            yield RedisDetectionStore(counter)
+            yield RedisDetectionStore(counter.backend)
             runner.run(counter.close())
         RUNNER = None
 

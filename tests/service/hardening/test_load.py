@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from service.app import create_app
-from service.config import Settings
+from service.settings import Settings
 from tests.servers import RedisProcess, ServiceProcess
 from tests.service.hardening.conftest import IMAGE, assert_json_error
 

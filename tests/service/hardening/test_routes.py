@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 
 from service.api.deps import require_admin
 from service.app import create_app
-from service.config import Settings
+from service.settings import Settings
 from tests.service.hardening.conftest import (
     assert_json_error,
 )

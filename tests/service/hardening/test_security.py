@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 import torch
 
-from service.config import DefenseSettings
 from service.defenses import build_defense
+from service.model_settings import DefenseSettings
 from tests.servers import ROOT, ServiceProcess
 from tests.service.hardening.conftest import (
     IMAGE,
@@ -285,7 +285,7 @@ def python_files() -> list[Path]:
 
 # CIFAR-10's "python version" batches are pickles: read only from an operator's local copy
 # (offline evaluation, never a request body); docs/SECURITY.md says to trust that copy
-CIFAR_PICKLES = {"service/datasets.py", "attacks_client/data.py"}
+CIFAR_PICKLES = {"service/offline/datasets.py", "attacks_client/data.py"}
 
 
 def keyword(call: ast.Call, name: str) -> ast.expr | None:

@@ -371,7 +371,7 @@ def test_one_fault_one_code_on_both_protocols(
     code: str,
 ) -> None:
     """The same bad input gets the same code from /predict and /v2; each protocol keeps its
-    status convention (the README's table "Errors")."""
+    status convention (the error table of docs/serving/api.md)."""
     key = {"X-API-Key": KEY}
     predicted = httpx.post(
         f"{server.url}/predict",

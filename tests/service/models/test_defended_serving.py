@@ -1,5 +1,6 @@
-"""The comparison defenses over a real server: one server, several endpoints (the README's
-``SND_MODELS`` example): RSE, PNI, PGD-AT, PGD-AT + SND, R&P and salt-and-pepper SND."""
+"""The comparison defenses over a real server: one server, several endpoints (the
+``SND_MODELS`` example of docs/serving/defenses.md): RSE, PNI, PGD-AT, PGD-AT + SND, R&P and
+salt-and-pepper SND."""
 
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ import torch
 from torch.nn import functional as F
 
 from service.models import get_spec
-from service.training.pgd import l2_pgd, l2_pgd_accuracy
-from service.training.recipes import RECIPES
+from service.offline.training.pgd import l2_pgd, l2_pgd_accuracy
+from service.offline.training.recipes import RECIPES
 from tests.service.cached_data import mnist_test_split
 
 EPS = RECIPES["resnet20-mnist-pgdat"].adversarial.eps  # type: ignore[union-attr]

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from service.config import ModelSettings
-from service.datasets import cifar10_local
-from service.inference import ModelHost
+from service.model_settings import ModelSettings
 from service.models import ZOO, WeightsError, get_spec
-from service.train import main as train_main
+from service.offline.datasets import cifar10_local
+from service.offline.train import main as train_main
+from service.serving.local import LocalHost
 from tests.servers import ServiceProcess
 
 
@@ -101,7 +101,7 @@ def test_resnet50_from_a_local_file(tmp_path: Path) -> None:
     torch.manual_seed(0)
     path = tmp_path / "resnet50.pth"
     torch.save(resnet50(weights=None).state_dict(), path)  # torchvision's plain format
-    host = ModelHost.load(
+    host = LocalHost.load(
         ModelSettings(
             name="resnet50-imagenet", weights=path, defense={"kind": "snd", "sigma": 0.01}
         ),
@@ -138,9 +138,9 @@ def test_checkpoints_load_weights_only(tmp_path: Path) -> None:
 def test_sigma_zero_snd_equals_the_undefended_model() -> None:
     x = np.random.default_rng(1).random((8, 1, 28, 28), dtype=np.float32)
     device = torch.device("cpu")
-    plain = ModelHost.load(ModelSettings(defense={"kind": "none"}), device, False)
-    zero = ModelHost.load(ModelSettings(defense={"kind": "snd", "sigma": 0.0}), device, False)
-    noisy = ModelHost.load(ModelSettings(defense={"kind": "snd", "sigma": 0.01}), device, False)
+    plain = LocalHost.load(ModelSettings(defense={"kind": "none"}), device, False)
+    zero = LocalHost.load(ModelSettings(defense={"kind": "snd", "sigma": 0.0}), device, False)
+    noisy = LocalHost.load(ModelSettings(defense={"kind": "snd", "sigma": 0.01}), device, False)
     np.testing.assert_array_equal(plain.forward(x), zero.forward(x))
     assert not np.array_equal(plain.forward(x), noisy.forward(x))
 
@@ -148,19 +148,19 @@ def test_sigma_zero_snd_equals_the_undefended_model() -> None:
 def test_bf16_autocast_keeps_the_answers() -> None:
     """The reduced-precision path (CUDA fp16/bf16; bf16 checked here on the CPU) answers like
     fp32, and the noise still reaches the model (answers to one query differ)."""
-    from service.datasets import mnist_subset
+    from service.offline.datasets import mnist_subset
 
     test = mnist_subset("test")
     x, y = test.images[:200], test.labels[:200]
     device = torch.device("cpu")
-    fp32 = ModelHost.load(ModelSettings(defense={"kind": "none"}), device, False)
-    bf16 = ModelHost.load(ModelSettings(defense={"kind": "none"}), device, False, "bf16")
+    fp32 = LocalHost.load(ModelSettings(defense={"kind": "none"}), device, False)
+    bf16 = LocalHost.load(ModelSettings(defense={"kind": "none"}), device, False, "bf16")
     a, b = fp32.forward(x), bf16.forward(x)
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.98
     assert np.abs(a - b).max() < 0.1 and (b.argmax(1) == y).mean() >= 0.95
-    tiny = ModelHost.load(
+    tiny = LocalHost.load(
         ModelSettings(defense={"kind": "snd", "sigma": 0.01}), device, False, "bf16"
     )
     assert not np.array_equal(tiny.forward(x[:4]), tiny.forward(x[:4]))
     with pytest.raises(ValueError, match="CUDA"):
-        ModelHost.load(ModelSettings(), device, False, "fp16")
+        LocalHost.load(ModelSettings(), device, False, "fp16")

@@ -1,6 +1,6 @@
 """Clean accuracy behind a defense, mean ± std over seeds (the paper's Table 1).
 
-``python -m service.accuracy --sigmas 0 0.001 0.01 0.02 --seeds 5`` evaluates the embedded
+``python -m service.offline.accuracy --sigmas 0 0.001 0.01 0.02 --seeds 5`` evaluates the embedded
 model on its 1,000 test images. In-process and seeded, for reproducible tables; the service
 itself never seeds its noise.
 
@@ -10,7 +10,7 @@ with either part optional: models ``baseline`` (= ``--model``), ``rse``, ``pni``
 ``rp[:MAX_SCALE]``. Randomized rows (a noisy defense or a noisy model) are repeated over
 ``--seeds`` seeds (mean ± std); the paper's Table 1 on our data is::
 
-    python -m service.accuracy --seeds 5 --defenses baseline snd:0.001 snd:0.01 snd:0.02 \
+    python -m service.offline.accuracy --seeds 5 --defenses baseline snd:0.001 snd:0.01 snd:0.02 \
         rp rse pni pgdat pgdat+snd:0.01 pgdat+snd:0.001
 """
 
@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.datasets import ImageSet, cifar10_local, mnist_subset
 from service.defenses import Defense, NoDefense, RandomResizePad, SmallNoiseDefense
 from service.models import get_spec
 from service.models.noise import noise_sources, seed_noise
+from service.offline.datasets import ImageSet, cifar10_local, mnist_subset
 
 MODEL_ALIASES = {
     "rse": "resnet20-mnist-rse",
@@ -163,7 +163,7 @@ def markdown(rows: list[AccuracyRow]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m service.accuracy", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m service.offline.accuracy", description=__doc__)
     parser.add_argument("--model", default="resnet20-mnist")
     parser.add_argument("--weights", type=Path)
     parser.add_argument("--cifar-dir", type=Path, help="local CIFAR-10 batches (resnet20-cifar10)")

@@ -1,4 +1,5 @@
-"""Model hosts: setup (load weights, place on device), predict (defense + forward), off-loop.
+"""The local model host: setup (load the zoo network, place it on its device), predict (defense
++ forward).
 
 Forward passes run on one dedicated inference thread under ``torch.inference_mode``, so the
 event loop never blocks and CPU cores are not oversubscribed by concurrent passes.
@@ -15,25 +16,20 @@ Two CPU-side speed-ups, both measured in ``docs/performance.md``:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from service.batching import DynamicBatcher
-from service.config import ModelSettings, Settings
 from service.defenses import Defense, build_defense
-from service.metrics import FORWARD_BATCH
 from service.models import ModelSpec, get_spec
 from service.models.noise import noise_sources
-from service.oip import INPUT_NAME
-from service.proxy import ProxyHost
+from service.protocol.oip import INPUT_NAME
+from service.serving.signature import Signature
+from service.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +43,7 @@ def select_device(choice: str) -> torch.device:
 
 
 @dataclass
-class ModelHost:
+class LocalHost:
     """One served model: its zoo spec, the network on its device, and the defense in front."""
 
     name: str
@@ -70,7 +66,7 @@ class ModelHost:
         *,
         graph: str = "eager",
         chunk_images: int = 0,
-    ) -> ModelHost:
+    ) -> LocalHost:
         spec = get_spec(settings.zoo_name)
         network = spec.build(settings.weights, allow_download=allow_download).to(device)
         if precision == "fp16" and device.type != "cuda":
@@ -103,9 +99,8 @@ class ModelHost:
         return ("label",) if self.settings.label_only else ("scores", "label")
 
     @property
-    def input_name(self) -> str:
-        """The input's name in the Open Inference Protocol metadata."""
-        return INPUT_NAME
+    def signature(self) -> Signature:
+        return Signature(self.spec.name, self.spec.input_shape, self.spec.classes, INPUT_NAME)
 
     def forward(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities ``(N, classes)`` of the defended model for [0, 1] images.
@@ -150,94 +145,3 @@ def trace_network(
         log.warning("the traced network disagrees with eager mode: running it eagerly")
         return None
     return graph
-
-
-Host = ModelHost | ProxyHost
-"""A served model: a zoo network here, or an upstream OIP v2 server (:mod:`service.proxy`)."""
-
-
-@dataclass
-class ModelPool:
-    """All hosts of one server, and the single inference thread the zoo hosts share."""
-
-    hosts: dict[str, Host]
-    default: str
-    batching: bool = True
-    batch_max_images: int = 256
-    batch_wait_s: float = 0.0
-    queue_max_images: int = 4096
-    executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-    )
-    batchers: dict[str, DynamicBatcher] = field(default_factory=dict)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ModelPool:
-        threads = settings.torch_threads or os.cpu_count() or 1
-        torch.set_num_threads(threads)
-        device = select_device(settings.device)
-        hosts: dict[str, Host] = {
-            m.name: ProxyHost.create(m)
-            if m.upstream is not None
-            else ModelHost.load(
-                m,
-                device,
-                settings.allow_download,
-                settings.precision,
-                graph=settings.graph,
-                chunk_images=settings.forward_chunk_images,
-            )
-            for m in settings.models
-        }
-        return cls(
-            hosts,
-            settings.default_model,
-            batching=settings.batching,
-            batch_max_images=settings.batch_max_images,
-            batch_wait_s=settings.batch_wait_ms / 1000,
-            queue_max_images=settings.queue_max_images,
-        )
-
-    def batcher(self, host: Host) -> DynamicBatcher:
-        batcher = self.batchers.get(host.name)
-        if batcher is None:
-            upstream = host.upstream if isinstance(host, ProxyHost) else None
-            batcher = DynamicBatcher(
-                host.forward,
-                self.executor,
-                max_images=upstream.max_batch if upstream else self.batch_max_images,
-                max_inflight=upstream.concurrency if upstream else 1,
-                max_wait_s=self.batch_wait_s,
-                max_queue=self.queue_max_images,
-                on_batch=FORWARD_BATCH.labels(host.name).observe,
-            )
-            self.batchers[host.name] = batcher
-        return batcher
-
-    async def predict(self, host: Host, images: np.ndarray) -> np.ndarray:
-        """Defended probabilities, from a shared forward pass when batching is on."""
-        if self.batching:
-            return await self.batcher(host).submit(images)
-        if isinstance(host, ProxyHost):
-            return await host.forward(images)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, host.forward, images)
-
-    async def start(self) -> None:
-        """Learn the proxied models' upstream metadata (retried in the background if down)."""
-        proxies = [h for h in self.hosts.values() if isinstance(h, ProxyHost)]
-        await asyncio.gather(*(h.connect() for h in proxies))
-
-    async def ready(self, host: Host) -> bool:
-        return await host.ready() if isinstance(host, ProxyHost) else True
-
-    async def aclose(self) -> None:
-        for batcher in self.batchers.values():
-            await batcher.close()
-        for host in self.hosts.values():
-            if isinstance(host, ProxyHost):
-                await host.aclose()
-        self.close()
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=True)

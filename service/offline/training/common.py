@@ -1,6 +1,6 @@
 """What every training run shares: seeding, shift augmentation, the plain SGD loop, accuracy,
-and the model card written beside each checkpoint (used by :mod:`service.train` and the
-defended recipes of :mod:`service.training.recipes`)."""
+and the model card written beside each checkpoint (used by :mod:`service.offline.train` and the
+defended recipes of :mod:`service.offline.training.recipes`)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from service.datasets import SPLIT_SEED, SPLIT_SIZES, ImageSet
 from service.models.registry import ModelSpec
+from service.offline.datasets import SPLIT_SEED, SPLIT_SIZES, ImageSet
 
 
 def seed_everything(seed: int) -> None:

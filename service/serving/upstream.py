@@ -1,6 +1,6 @@
 """Proxy mode: a model answered by an existing Open Inference Protocol (KServe v2) server.
 
-A :class:`ProxyHost` stands where a :class:`service.inference.ModelHost` stands: the pipeline
+A :class:`UpstreamHost` stands where a :class:`service.serving.local.LocalHost` stands: the pipeline
 validates and charges as for a zoo model, the host adds the defense's noise here, in the
 gateway, and forwards the noisy batch to the upstream (``POST /v2/models/{m}/infer``, JSON or
 Triton's binary tensor extension; kserve/open-inference-protocol ``inference_rest.md``) over a
@@ -13,114 +13,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import numpy as np
 import torch
 
-from service.config import ModelSettings, UpstreamSettings
 from service.defenses import Defense, build_defense
 from service.errors import ApiError
-from service.models import ModelSpec
-from service.oip import BINARY_EXTENSION, DATATYPES, HEADER_LENGTH
+from service.model_settings import ModelSettings, UpstreamSettings
+from service.protocol.oip import (
+    HEADER_LENGTH,
+    UpstreamModel,
+    decode_response,
+    encode_request,
+    parse_metadata,
+)
+from service.serving.signature import Signature
 
 log = logging.getLogger(__name__)
 RETRY_S = 2.0
 OFF_LOOP_ELEMENTS = 1 << 18  # a batch this large is noised and encoded on a worker thread
 
 
-@dataclass(frozen=True)
-class UpstreamModel:
-    """What the upstream's metadata says: the input's name and (C, H, W), the output read."""
-
-    input_name: str
-    input_shape: tuple[int, int, int]
-    output_name: str
-    num_classes: int
-    binary: bool
-
-
-def _no_network() -> torch.nn.Module:
-    raise RuntimeError("a proxied model has no local network")
-
-
-def parse_metadata(
-    upstream: UpstreamSettings, server: dict[str, Any], model: dict[str, Any]
-) -> UpstreamModel:
-    """The upstream model's one FP32 image input ``[-1|N, C, H, W]`` and its score output."""
-    inputs, outputs = model.get("inputs") or [], model.get("outputs") or []
-    if len(inputs) != 1 or inputs[0].get("datatype") != "FP32" or len(inputs[0]["shape"]) != 4:
-        raise ValueError(f"the upstream model needs one FP32 input [N, C, H, W], has {inputs}")
-    chosen = [o for o in outputs if upstream.output in (None, o.get("name"))][:1]
-    if not chosen or len(chosen[0].get("shape", [])) != 2 or chosen[0]["shape"][1] < 2:
-        raise ValueError(f"no score output [N, classes] among the upstream's {outputs}")
-    c, h, w = (int(d) for d in inputs[0]["shape"][1:])
-    if min(c, h, w) < 1:
-        raise ValueError(f"the upstream input's image shape must be fixed, is {inputs[0]}")
-    listed = isinstance(server, dict) and BINARY_EXTENSION in (server.get("extensions") or [])
-    return UpstreamModel(
-        inputs[0]["name"],
-        (c, h, w),
-        chosen[0]["name"],
-        int(chosen[0]["shape"][1]),
-        listed if upstream.binary == "auto" else bool(upstream.binary),
-    )
-
-
-def encode_request(model: UpstreamModel, images: np.ndarray) -> tuple[bytes, dict[str, str]]:
-    """An ``$inference_request`` for ``images``: binary input and output when the upstream
-    takes the extension, JSON otherwise."""
-    tensor: dict[str, Any] = {
-        "name": model.input_name,
-        "shape": list(images.shape),
-        "datatype": "FP32",
-    }
-    output: dict[str, Any] = {"name": model.output_name}
-    if not model.binary:
-        tensor["data"] = images.ravel().tolist()
-        body = json.dumps({"inputs": [tensor], "outputs": [output]}).encode()
-        return body, {"Content-Type": "application/json"}
-    blob = np.ascontiguousarray(images, dtype="<f4").tobytes()
-    tensor["parameters"] = {"binary_data_size": len(blob)}
-    output["parameters"] = {"binary_data": True}
-    head = json.dumps({"inputs": [tensor], "outputs": [output]}).encode()
-    return head + blob, {
-        "Content-Type": "application/octet-stream",
-        "Inference-Header-Content-Length": str(len(head)),
-    }
-
-
-def decode_response(model: UpstreamModel, response: httpx.Response, n: int) -> np.ndarray:
-    """The score output ``(n, classes)`` of an ``$inference_response`` (JSON or binary)."""
-    body = response.content
-    size = int(response.headers.get(HEADER_LENGTH, len(body)))
-    payload = json.loads(body[:size])
-    offset = size
-    for out in payload.get("outputs", []):
-        dtype = DATATYPES.get(out.get("datatype", ""))
-        if dtype is None:
-            raise ValueError(f"unsupported output datatype {out.get('datatype')!r}")
-        shape = tuple(out["shape"])
-        binary = (out.get("parameters") or {}).get("binary_data_size")
-        if binary is not None:
-            array = np.frombuffer(body, dtype, math.prod(shape), offset).reshape(shape)
-            offset += int(binary)
-        else:
-            array = np.asarray(out["data"], dtype=dtype).reshape(shape)
-        if out.get("name") == model.output_name:
-            if shape != (n, model.num_classes):
-                raise ValueError(f"output shape {shape}, expected {(n, model.num_classes)}")
-            return array.astype(np.float32)
-    raise ValueError(f"the upstream answered no output {model.output_name!r}")
-
-
 @dataclass
-class ProxyHost:
+class UpstreamHost:
     """One model behind SND whose forward pass is an upstream OIP v2 server."""
 
     name: str
@@ -132,7 +50,7 @@ class ProxyHost:
     _retry: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
-    def create(cls, settings: ModelSettings) -> ProxyHost:
+    def create(cls, settings: ModelSettings) -> UpstreamHost:
         assert settings.upstream is not None
         upstream = settings.upstream
         limits = httpx.Limits(
@@ -161,21 +79,14 @@ class ProxyHost:
         return self.model
 
     @property
-    def spec(self) -> ModelSpec:
+    def signature(self) -> Signature:
         model = self.known
-        return ModelSpec(
-            name=f"upstream:{self.upstream.model}",
+        return Signature(
+            architecture=f"upstream:{self.upstream.model}",
             input_shape=model.input_shape,
             classes=tuple(str(i) for i in range(model.num_classes)),
-            mean=(),
-            std=(),
-            build_net=_no_network,
-            description=f"{self.upstream.url}{self.model_path}",
+            input_name=model.input_name,
         )
-
-    @property
-    def input_name(self) -> str:
-        return self.known.input_name
 
     @property
     def output_modes(self) -> tuple[str, ...]:
@@ -188,7 +99,8 @@ class ProxyHost:
             server = {}
         response = await self.client.get(self.model_path)
         response.raise_for_status()
-        self.model = parse_metadata(self.upstream, server, response.json())
+        binary = None if self.upstream.binary == "auto" else bool(self.upstream.binary)
+        self.model = parse_metadata(server, response.json(), self.upstream.output, binary)
 
     async def connect(self) -> bool:
         """Learn the upstream model's metadata; on failure keep retrying in the background."""
@@ -258,8 +170,9 @@ class ProxyHost:
                 502, "upstream_error", f"the upstream answered {response.status_code}; not counted"
             )
         try:
-            scores = decode_response(model, response, len(images))
-        except (ValueError, KeyError, TypeError) as exc:
+            header = response.headers.get(HEADER_LENGTH)
+            scores = decode_response(model, response.content, header, len(images))
+        except (ValueError, KeyError, TypeError, ApiError) as exc:
             log.warning("upstream of %s answered something unusable: %s", self.name, exc)
             raise ApiError(502, "upstream_error", "the upstream's answer was unusable") from None
         if self.upstream.outputs_are == "logits":

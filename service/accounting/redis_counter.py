@@ -1,10 +1,11 @@
 """``RedisCounter``: the multi-process ``QueryCounter``, with Redis as the source of truth.
 
 Three deployments, one class (``mode``): ``standalone``, ``sentinel`` (the client follows a
-failover to the promoted replica) and ``cluster``; ``service.redis_connections`` makes the
-clients, the counter's and detection's alike. Keys (``prefix`` defaults to ``snd:``): every key
-of one caller carries the caller as its hash tag, so a caller's keys live in one Redis Cluster
-slot and one script call can touch them all:
+failover to the promoted replica) and ``cluster``. ``RedisBackend``
+(``service.accounting.redis_connections``) makes the clients and the keys, the counter's and
+detection's alike. Keys (``prefix`` defaults to ``snd:``): every key of one caller carries the
+caller as its hash tag, so a caller's keys live in one Redis Cluster slot and one script call
+can touch them all:
 
 * ``{prefix}{<caller>}:usage`` hash ``model -> images answered``;
 * ``{prefix}{<caller>}:budget`` the budget set through the admin API (overrides the settings);
@@ -34,17 +35,22 @@ import asyncio
 import itertools
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from redis.crc import key_slot
-from redis.exceptions import RedisError
 
-from service.accounting import Charge, CounterUnavailable, drain
+from service.accounting.base import Charge, CounterUnavailable
+from service.accounting.coalescing import drain
+from service.accounting.redis_connections import (
+    RedisBackend,
+    RedisConnections,
+    RedisMode,
+    no_script,
+)
+from service.accounting.redis_scripts import CHARGE_LUA, MAX_CHARGES_PER_CALL, REFUND_LUA
 from service.metrics import ACCOUNTING_CHARGES_PER_CALL
-from service.redis_connections import RedisConnections, RedisMode, no_script
-from service.redis_scripts import CHARGE_LUA, MAX_CHARGES_PER_CALL, REFUND_LUA
 
 log = logging.getLogger(__name__)
 _GATED: dict[int, Literal["throttled", "suspended"]] = {2: "throttled", 3: "suspended"}
@@ -86,10 +92,8 @@ class RedisCounter:
             raise ValueError("wait_replicas is for standalone and Sentinel primaries")
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
-        self.prefix = prefix
-        self.token_ttl_s = token_ttl_s
         self.mode = mode
-        self.connections = RedisConnections(
+        connections = RedisConnections(
             url,
             mode=mode,
             sentinels=sentinels,
@@ -97,68 +101,27 @@ class RedisCounter:
             timeout=timeout,
             master_check_s=master_check_s,
         )
+        self.backend = RedisBackend(connections, prefix=prefix, token_ttl_s=token_ttl_s)
+        self.backend.cluster_scripts.append(CHARGE_LUA)
         # it retries a call once on a fresh connection: the charge token makes a retried
         # script count once
-        self._redis: Any = self.connections.client(decode=True)
+        self._redis: Any = self.backend.text
         self._charge = self._redis.register_script(CHARGE_LUA)
         self._refund = self._redis.register_script(REFUND_LUA)
-        self._up = True
         # charge tokens: a random prefix per counter and a sequence number (no syscall per
         # request, unlike uuid4)
         self._token_prefix = uuid.uuid4().hex
         self._token_seq = itertools.count()
         self._pending: list[_PendingCharge] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._cluster_ready = False
-        self._cluster_lock: asyncio.Lock | None = None
 
     gates_detection = True  # the detection store keeps its caller states in this Redis
 
-    def key(self, caller: str, name: str) -> str:
-        """A key of ``caller``'s, hash-tagged by the caller (one cluster slot per caller)."""
-        return f"{self.prefix}{{{caller}}}:{name}"
-
-    def detection_key(self, caller: str) -> str:
-        """The caller's detection state hash (``RedisDetectionStore`` writes it; the charge
-        script's gate reads ``state`` and ``until``)."""
-        return self.key(caller, "det")
-
     def _usage_key(self, caller: str) -> str:
-        return self.key(caller, "usage")
+        return self.backend.key(caller, "usage")
 
     def _budget_key(self, caller: str) -> str:
-        return self.key(caller, "budget")
-
-    async def _initialized(self) -> None:
-        """A cluster client learns the slot map once before any command: concurrent first
-        commands would race its set-up."""
-        if self.mode != "cluster" or self._cluster_ready:
-            return
-        if self._cluster_lock is None:
-            self._cluster_lock = asyncio.Lock()
-        async with self._cluster_lock:
-            if not self._cluster_ready:
-                await self._redis.initialize()
-                await self._redis.script_load(CHARGE_LUA)  # on every primary
-                self._cluster_ready = True
-
-    async def call(self, operation: Callable[[], Awaitable[Any]]) -> Any:
-        """Run one Redis operation; backend failures become ``CounterUnavailable``. In Sentinel
-        mode every client of ``connections`` first follows a moved primary (without it a
-        gateway would go on charging the old primary, whose counts the resync throws away)."""
-        try:
-            await self._initialized()
-            await self.connections.follow_master()
-            result = await operation()
-        except (RedisError, OSError) as exc:
-            if self._up:
-                log.warning("redis unavailable, failing accounting calls: %s", exc)
-                self._up = False
-            raise CounterUnavailable(str(exc)) from exc
-        if not self._up:
-            log.info("redis reachable again")
-            self._up = True
-        return result
+        return self.backend.key(caller, "budget")
 
     async def charge(
         self,
@@ -189,8 +152,8 @@ class RedisCounter:
                 keys=[
                     usage,
                     self._budget_key(caller),
-                    self.key(caller, f"charge:{token}"),
-                    self.detection_key(caller),
+                    self.backend.key(caller, f"charge:{token}"),
+                    self.backend.detection_key(caller),
                 ],
                 args=[
                     model,
@@ -232,17 +195,17 @@ class RedisCounter:
         slot), all in one pipeline (redis-py sends each node its calls together); a slot whose
         call fails fails its own charges only."""
         if self.mode != "cluster":
-            self._settle(batch, await self.call(lambda: self._run_script(batch)))
+            self._settle(batch, await self.backend.call(lambda: self._run_script(batch)))
             return
         by_slot: dict[int, list[_PendingCharge]] = {}
         for pending in batch:
             by_slot.setdefault(pending.slot, []).append(pending)
         groups = list(by_slot.values())
-        results = await self.call(lambda: self._pipelined(groups))
+        results = await self.backend.call(lambda: self._pipelined(groups))
         missing = [i for i, r in enumerate(results) if no_script(r)]
         if missing:  # a promoted replica without the script: load it everywhere, retry once
-            await self.call(lambda: self._redis.script_load(CHARGE_LUA))
-            again = await self.call(lambda: self._pipelined([groups[i] for i in missing]))
+            await self.backend.call(lambda: self._redis.script_load(CHARGE_LUA))
+            again = await self.backend.call(lambda: self._pipelined([groups[i] for i in missing]))
             for i, result in zip(missing, again, strict=True):
                 results[i] = result
         for group, result in zip(groups, results, strict=True):
@@ -263,7 +226,7 @@ class RedisCounter:
         return keys, args
 
     async def _run_script(self, batch: list[_PendingCharge]) -> Any:
-        keys, args = self._script_call(batch, self.token_ttl_s)
+        keys, args = self._script_call(batch, self.backend.token_ttl_s)
         if self.wait_replicas:
             return await self._charge_and_wait(keys, args)
         return await self._charge(keys=keys, args=args)
@@ -272,7 +235,7 @@ class RedisCounter:
         """One EVALSHA per slot group in one cluster pipeline; errors come back as values."""
         pipe = self._redis.pipeline()
         for group in groups:
-            keys, args = self._script_call(group, self.token_ttl_s)
+            keys, args = self._script_call(group, self.backend.token_ttl_s)
             # redis-py blocks pipe.evalsha on a cluster; the raw command is routed by its keys
             pipe.execute_command("EVALSHA", self._charge.sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
@@ -299,13 +262,13 @@ class RedisCounter:
     async def refund(self, caller: str, model: str, n: int) -> None:
         keys = [
             self._usage_key(caller),
-            self.key(caller, f"refund:{self._token_prefix}:{next(self._token_seq)}"),
+            self.backend.key(caller, f"refund:{self._token_prefix}:{next(self._token_seq)}"),
         ]
-        args: list[str | int] = [model, n, self.token_ttl_s]
-        await self.call(lambda: self._refund(keys=keys, args=args))
+        args: list[str | int] = [model, n, self.backend.token_ttl_s]
+        await self.backend.call(lambda: self._refund(keys=keys, args=args))
 
     async def usage(self, caller: str) -> dict[str, int]:
-        counts: dict[str, str] = await self.call(
+        counts: dict[str, str] = await self.backend.call(
             lambda: self._redis.hgetall(self._usage_key(caller))
         )
         return {model: int(c) for model, c in sorted(counts.items()) if int(c)}
@@ -321,7 +284,7 @@ class RedisCounter:
                 pipe.get(self._budget_key(caller))
             return list(await pipe.execute())
 
-        replies = await self.call(read) if callers else []
+        replies = await self.backend.call(read) if callers else []
         return [
             (
                 {model: int(c) for model, c in sorted(counts.items()) if int(c)},
@@ -331,45 +294,27 @@ class RedisCounter:
         ]
 
     async def callers(self) -> list[str]:
-        return await self.scan_callers(":usage")
-
-    async def scan_callers(self, suffix: str) -> list[str]:
-        """Callers with a ``<caller>}<suffix>`` key: a ``SCAN`` (of every primary, on a cluster)."""
-        head, tail = f"{self.prefix}{{", "}" + suffix
-
-        async def scan() -> set[str]:
-            found = set()
-            async for key in self._redis.scan_iter(match=f"{head}*{tail}", count=1000):
-                if key.startswith(head) and key.endswith(tail):
-                    found.add(key[len(head) : -len(tail)])
-            return found
-
-        return sorted(await self.call(scan))
-
-    def binary_client(self) -> Any:
-        """A client of the same Redis answering bytes; it follows the primary with the
-        counter's (``call``) and is closed with ``connections.close``."""
-        return self.connections.client(decode=False)
+        return await self.backend.scan_callers(":usage")
 
     async def reset(self, caller: str) -> None:
-        await self.call(lambda: self._redis.delete(self._usage_key(caller)))
+        await self.backend.call(lambda: self._redis.delete(self._usage_key(caller)))
 
     async def get_budget(self, caller: str) -> int | None:
-        value = await self.call(lambda: self._redis.get(self._budget_key(caller)))
+        value = await self.backend.call(lambda: self._redis.get(self._budget_key(caller)))
         return None if value is None else int(value)
 
     async def set_budget(self, caller: str, budget: int | None) -> None:
         key = self._budget_key(caller)
         if budget is None:
-            await self.call(lambda: self._redis.delete(key))
+            await self.backend.call(lambda: self._redis.delete(key))
         else:
-            await self.call(lambda: self._redis.set(key, int(budget)))
+            await self.backend.call(lambda: self._redis.set(key, int(budget)))
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.call(self._redis.ping))
+            return bool(await self.backend.call(self._redis.ping))
         except CounterUnavailable:
             return False
 
     async def close(self) -> None:
-        await self.connections.close(self._redis)
+        await self.backend.close()

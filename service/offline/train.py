@@ -1,10 +1,10 @@
 """Reproducible training of the zoo's checkpoints.
 
-``python -m service.train --model resnet20-mnist`` rebuilds the committed checkpoint from the
-embedded MNIST subset (seeded; progress shown) and writes its model card.
-``python -m service.train --model resnet20-cifar10 --data-dir ~/cifar-10-batches-py`` trains on
-a local CIFAR-10 copy. ``--model resnet20-mnist-{rse,pni,pgdat}`` trains the comparison
-defenses' checkpoints with the recipes of :mod:`service.training.recipes`.
+``python -m service.offline.train --model resnet20-mnist`` rebuilds the committed checkpoint
+from the embedded MNIST subset (seeded; progress shown) and writes its model card.
+``python -m service.offline.train --model resnet20-cifar10 --data-dir ~/cifar-10-batches-py``
+trains on a local CIFAR-10 copy. ``--model resnet20-mnist-{rse,pni,pgdat}`` trains the comparison
+defenses' checkpoints with the recipes of :mod:`service.offline.training.recipes`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from service.datasets import cifar10_local, mnist_subset
 from service.models.registry import WEIGHTS_DIR, get_spec
-from service.training.common import evaluate, sha256, train, write_card
+from service.offline.datasets import cifar10_local, mnist_subset
+from service.offline.training.common import evaluate, sha256, train, write_card
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ DEFENDED = ("resnet20-mnist-rse", "resnet20-mnist-pni", "resnet20-mnist-pgdat")
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m service.train",
+        prog="python -m service.offline.train",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--card", type=Path, help="model card path (default: docs/)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    command = "python -m service.train " + " ".join(argv if argv is not None else _argv())
+    command = "python -m service.offline.train " + " ".join(argv if argv is not None else _argv())
     if args.model in DEFENDED:
-        from service.training.recipes import main_recipe
+        from service.offline.training.recipes import main_recipe
 
         main_recipe(args, command.strip())
         return

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from service.codec import OutputMode
 from service.errors import ApiError
+from service.protocol.tensors import NotNumbers, OutOfRange, OutputMode, json_numbers
 
 HEADER_LENGTH = "inference-header-content-length"
 BINARY_EXTENSION = "binary_tensor_data"
@@ -44,7 +44,7 @@ MAX_JSON_HEADER = 1 << 20  # the JSON part of a binary request: names and shapes
 def bad(message: str, code: str = "invalid_request") -> ApiError:
     """A request the protocol's decoding refuses: 400, the protocol's status for a failed
     inference request (rendered ``{"error": message, "code": code}`` on ``/v2`` paths). ``code``
-    is the one ``/predict`` gives the same fault (``service/codec.py``): a NaN literal is
+    is the one ``/predict`` gives the same fault (``service/protocol/predict.py``): a NaN literal is
     ``non_finite``, booleans in the data ``bad_array``, an unknown field ``invalid_request``
     on both."""
     return ApiError(400, code, message)
@@ -143,18 +143,19 @@ def json_tensor(data: Any, shape: tuple[int, ...], dtype: np.dtype[Any], where: 
             stack.extend(reversed(item))
         else:
             flat.append(item)
-    if not all(type(v) in (int, float) for v in flat):
-        raise bad(f"{where}: data must be numbers (not booleans, strings or null)", "bad_array")
-    if len(flat) != math.prod(shape):
+    try:
+        array = json_numbers(flat, dtype)
+    except NotNumbers as exc:
+        raise bad(f"{where}: {exc}", "bad_array") from None
+    except OutOfRange as exc:
+        raise ApiError(422, "out_of_range", f"{where}: {exc}") from None
+    if len(array) != math.prod(shape):
         raise bad(
-            f"{where}: data has {len(flat)} elements but shape {list(shape)} needs "
+            f"{where}: data has {len(array)} elements but shape {list(shape)} needs "
             f"{math.prod(shape)}",
             "shape_mismatch",
         )
-    try:
-        return np.asarray(flat, dtype=np.float64).astype(dtype).reshape(shape)
-    except OverflowError:
-        raise ApiError(422, "out_of_range", f"{where}: pixel values must lie in [0, 1]") from None
+    return array.reshape(shape)
 
 
 def decode_infer(body: bytes, header_length: str | None, input_name: str) -> InferRequest:
@@ -243,6 +244,32 @@ def _requested_outputs(value: Any) -> tuple[tuple[str, ...] | None, dict[str, bo
     return tuple(dict.fromkeys(names)), binary
 
 
+def tensor_entry(
+    name: str, datatype: str, array: np.ndarray, binary: bool
+) -> tuple[dict[str, Any], bytes | None]:
+    """A ``$request_input``/``$response_output`` for ``array``: its data as JSON, or (binary)
+    its little-endian bytes to append after the JSON, with ``binary_data_size``."""
+    entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+    if not binary:
+        entry["data"] = array.ravel().tolist()
+        return entry, None
+    blob = np.ascontiguousarray(array, dtype=DATATYPES[datatype]).tobytes()
+    entry["parameters"] = {"binary_data_size": len(blob)}
+    return entry, blob
+
+
+def pack(payload: dict[str, Any], blobs: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    """A body and its headers: the JSON alone, or followed by the binary tensors' bytes with
+    ``Inference-Header-Content-Length`` (Triton's binary tensor data extension)."""
+    head = json.dumps(payload, separators=(",", ":")).encode()
+    if not blobs:
+        return head, {"Content-Type": "application/json"}
+    return b"".join([head, *blobs]), {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(head)),
+    }
+
+
 def encode_infer(
     request: InferRequest,
     model: str,
@@ -252,34 +279,94 @@ def encode_infer(
 ) -> tuple[bytes, dict[str, str]]:
     """The ``$inference_response`` body and its headers (binary when any output asked for it)."""
     names = request.outputs or ((PROBABILITIES, LABEL) if mode == "scores" else (LABEL,))
-    tensors = {
-        PROBABILITIES: np.ascontiguousarray(probs, dtype="<f4"),
-        LABEL: probs.argmax(1).astype("<i8"),
-    }
+    tensors = {PROBABILITIES: probs.astype(np.float32, copy=False), LABEL: probs.argmax(1)}
     outputs, blobs = [], []
     for name in names:
-        array = tensors[name]
-        entry: dict[str, Any] = {
-            "name": name,
-            "datatype": "FP32" if name == PROBABILITIES else "INT64",
-            "shape": list(array.shape),
-        }
-        if request.binary.get(name, request.binary_default):
-            blob = array.tobytes()
-            entry["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        else:
-            entry["data"] = array.ravel().tolist()
+        binary = request.binary.get(name, request.binary_default)
+        datatype = "FP32" if name == PROBABILITIES else "INT64"
+        entry, blob = tensor_entry(name, datatype, tensors[name], binary)
         outputs.append(entry)
+        if blob is not None:
+            blobs.append(blob)
     response: dict[str, Any] = {"model_name": model, "outputs": outputs}
     if version is not None:
         response["model_version"] = version
     if request.id is not None:
         response["id"] = request.id
-    head = json.dumps(response, separators=(",", ":")).encode()
-    if not blobs:
-        return head, {"Content-Type": "application/json"}
-    return b"".join([head, *blobs]), {
-        "Content-Type": "application/octet-stream",
-        "Inference-Header-Content-Length": str(len(head)),
-    }
+    return pack(response, blobs)
+
+
+# -- the client side: the gateway's proxy mode calls an upstream OIP v2 server -------------------
+
+
+@dataclass(frozen=True)
+class UpstreamModel:
+    """What the upstream's metadata says: the input's name and (C, H, W), the output read."""
+
+    input_name: str
+    input_shape: tuple[int, int, int]
+    output_name: str
+    num_classes: int
+    binary: bool
+
+
+def parse_metadata(
+    server: dict[str, Any],
+    model: dict[str, Any],
+    output: str | None = None,
+    binary: bool | None = None,
+) -> UpstreamModel:
+    """The upstream model's one FP32 image input ``[-1|N, C, H, W]`` and its score output
+    (``output``, or the first ``[N, classes]`` one); ``binary`` None: as the server lists."""
+    inputs, outputs = model.get("inputs") or [], model.get("outputs") or []
+    if len(inputs) != 1 or inputs[0].get("datatype") != "FP32" or len(inputs[0]["shape"]) != 4:
+        raise ValueError(f"the upstream model needs one FP32 input [N, C, H, W], has {inputs}")
+    chosen = [o for o in outputs if output in (None, o.get("name"))][:1]
+    if not chosen or len(chosen[0].get("shape", [])) != 2 or chosen[0]["shape"][1] < 2:
+        raise ValueError(f"no score output [N, classes] among the upstream's {outputs}")
+    c, h, w = (int(d) for d in inputs[0]["shape"][1:])
+    if min(c, h, w) < 1:
+        raise ValueError(f"the upstream input's image shape must be fixed, is {inputs[0]}")
+    listed = isinstance(server, dict) and BINARY_EXTENSION in (server.get("extensions") or [])
+    return UpstreamModel(
+        inputs[0]["name"],
+        (c, h, w),
+        chosen[0]["name"],
+        int(chosen[0]["shape"][1]),
+        listed if binary is None else binary,
+    )
+
+
+def encode_request(model: UpstreamModel, images: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """An ``$inference_request`` for ``images``: binary input and output when the upstream
+    takes the extension, JSON otherwise."""
+    tensor, blob = tensor_entry(model.input_name, "FP32", images, model.binary)
+    output: dict[str, Any] = {"name": model.output_name}
+    if model.binary:
+        output["parameters"] = {"binary_data": True}
+    return pack({"inputs": [tensor], "outputs": [output]}, [blob] if blob is not None else [])
+
+
+def decode_response(
+    model: UpstreamModel, body: bytes, header_length: str | None, n: int
+) -> np.ndarray:
+    """The score output ``(n, classes)`` of an ``$inference_response`` (JSON or binary);
+    ``ValueError`` (or :class:`ApiError`) for anything else."""
+    payload, tail = split_body(body, header_length)
+    offset = 0
+    for out in payload.get("outputs", []):
+        dtype = DATATYPES.get(out.get("datatype", ""))
+        if dtype is None:
+            raise ValueError(f"unsupported output datatype {out.get('datatype')!r}")
+        shape = tuple(out["shape"])
+        binary = (out.get("parameters") or {}).get("binary_data_size")
+        if binary is not None:
+            array = np.frombuffer(tail, dtype, math.prod(shape), offset).reshape(shape)
+            offset += int(binary)
+        else:
+            array = np.asarray(out["data"], dtype=dtype).reshape(shape)
+        if out.get("name") == model.output_name:
+            if shape != (n, model.num_classes):
+                raise ValueError(f"output shape {shape}, expected {(n, model.num_classes)}")
+            return array.astype(np.float32)
+    raise ValueError(f"the upstream answered no output {model.output_name!r}")

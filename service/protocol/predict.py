@@ -1,4 +1,5 @@
-"""Request decoding and validation of image batches; no per-element Python work on binary paths.
+"""The ``/predict`` codec: request bodies to image batches; no per-element Python work on binary
+paths.
 
 Encodings of ``POST /predict``:
 
@@ -16,14 +17,20 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 
 from service.errors import ApiError
+from service.protocol.tensors import (
+    NotNumbers,
+    OutOfRange,
+    OutputMode,
+    invalid,
+    json_numbers,
+    parse_output,
+)
 
-OutputMode = Literal["scores", "label"]
-OUTPUT_MODES: tuple[OutputMode, ...] = ("scores", "label")
 JSON_TYPES = ("application/json",)
 NPY_TYPES = ("application/x-npy", "application/npy")
 RAW_TYPES = ("application/octet-stream",)
@@ -40,19 +47,6 @@ class DecodedRequest:
 
 def bad_request(message: str, code: str = "malformed_body") -> ApiError:
     return ApiError(400, code, message)
-
-
-def invalid(message: str, code: str = "invalid_input") -> ApiError:
-    return ApiError(422, code, message)
-
-
-def parse_output(value: Any) -> OutputMode | None:
-    """The requested output mode; None means the model's default (scores unless label-only)."""
-    if value is None:
-        return None
-    if value not in OUTPUT_MODES:
-        raise invalid(f"output must be one of {', '.join(OUTPUT_MODES)}", "unknown_output")
-    return value  # type: ignore[no-any-return]
 
 
 SHAPE_PATTERN = re.compile(r"[0-9]{1,12}(?:[,x][0-9]{1,12})*")
@@ -110,15 +104,17 @@ def json_pixels(inputs: list[Any]) -> np.ndarray:
         cells = np.array(inputs, dtype=object)
     except (ValueError, TypeError, RecursionError):
         raise invalid("inputs must be a rectangular nested list of numbers", "bad_array") from None
-    kinds = set(map(type, cells.ravel().tolist()))
-    if not kinds <= {int, float}:
-        if kinds & {list, dict}:
-            raise invalid("inputs must be a rectangular nested list of numbers", "bad_array")
-        raise invalid("inputs must be numbers (not booleans, strings or null)", "bad_array")
+    flat = cells.ravel().tolist()
+    if any(isinstance(v, list | dict) for v in flat):
+        raise invalid("inputs must be a rectangular nested list of numbers", "bad_array")
     try:
-        return cells.astype(np.float32)
-    except OverflowError:  # an integer beyond any float
-        raise invalid("pixel values must lie in [0, 1]", "out_of_range") from None
+        return json_numbers(flat).reshape(cells.shape)
+    except NotNumbers:
+        raise invalid(
+            "inputs must be numbers (not booleans, strings or null)", "bad_array"
+        ) from None
+    except OutOfRange as exc:  # an integer beyond any float
+        raise invalid(str(exc), "out_of_range") from None
 
 
 NPY_HEADER_READERS = {
@@ -173,27 +169,3 @@ def decode_raw(body: bytes, shape_text: str | None) -> np.ndarray:
         return np.frombuffer(body, dtype="<f4").reshape(shape)
     except ValueError:  # e.g. an empty body with dimensions beyond numpy's limits
         raise bad_request(f"shape {shape} is not a valid array shape", "bad_shape") from None
-
-
-def validate_images(
-    images: np.ndarray, input_shape: tuple[int, int, int], max_batch: int
-) -> np.ndarray:
-    """Check rank, size, shape, finiteness and range; return a C-contiguous float32 batch."""
-    if images.ndim != 4:
-        raise invalid(f"inputs must have rank 4 (N, C, H, W), got rank {images.ndim}", "bad_rank")
-    n = images.shape[0]
-    if n == 0:
-        raise invalid("empty batch", "empty_batch")
-    if n > max_batch:
-        raise ApiError(413, "batch_too_large", f"batch of {n} images exceeds the limit {max_batch}")
-    if tuple(images.shape[1:]) != tuple(input_shape):
-        raise invalid(
-            f"image shape {tuple(images.shape[1:])} does not match the model's {input_shape} "
-            "(C, H, W)",
-            "bad_shape",
-        )
-    if not np.isfinite(images).all():
-        raise invalid("inputs contain NaN or infinity", "non_finite")
-    if images.min() < 0.0 or images.max() > 1.0:
-        raise invalid("pixel values must lie in [0, 1]", "out_of_range")
-    return np.ascontiguousarray(images, dtype=np.float32)

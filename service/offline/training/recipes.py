@@ -36,13 +36,19 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from service.datasets import ImageSet, mnist_subset
 from service.models.noise import noise_sources, seed_noise
 from service.models.normalization import Normalized
 from service.models.pni import set_per_image_noise
 from service.models.registry import WEIGHTS_DIR, ModelSpec, get_spec
-from service.training.common import evaluate, random_shift, seed_everything, sha256, write_card
-from service.training.pgd import l2_pgd, l2_pgd_accuracy
+from service.offline.datasets import ImageSet, mnist_subset
+from service.offline.training.common import (
+    evaluate,
+    random_shift,
+    seed_everything,
+    sha256,
+    write_card,
+)
+from service.offline.training.pgd import l2_pgd, l2_pgd_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +170,8 @@ def robust_accuracy(model: nn.Module, test_set: ImageSet, eps: float, seed: int)
 
 
 def main_recipe(args: argparse.Namespace, command: str) -> None:
-    """``python -m service.train --model <defended zoo entry>``: train, save, write the card."""
+    """``python -m service.offline.train --model <defended zoo entry>``: train, save, write the
+    card."""
     spec, recipe = get_spec(args.model), RECIPES[args.model]
     epochs = recipe.epochs if args.epochs is None else args.epochs
     recipe = Recipe(
@@ -245,7 +252,7 @@ def main_recipe(args: argparse.Namespace, command: str) -> None:
             (
                 f"L2 PGD-{ROBUST_EVAL_STEPS} accuracy",
                 f"{robust * 100:.1f}% at ε = {eps} on the first {ROBUST_EVAL_IMAGES} test images "
-                "(white-box, in-process, eval mode; `service.training.pgd`)",
+                "(white-box, in-process, eval mode; `service.offline.training.pgd`)",
             ),
         ],
     )

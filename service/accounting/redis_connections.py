@@ -1,4 +1,6 @@
-"""``RedisConnections``: the one factory of Redis clients for accounting and detection.
+"""``RedisConnections``: the one factory of Redis clients for accounting and detection, and
+``RedisBackend``: the gateway's state in that Redis (clients, key scheme, calls), which the query
+counter and the detection store share.
 
 Three deployments (``mode``): ``standalone`` (one ``redis://`` URL), ``sentinel``
 (``redis.asyncio.sentinel``: the Sentinel addresses and the master's name) and ``cluster``
@@ -12,10 +14,11 @@ writes away.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import redis.asyncio as redis
@@ -23,6 +26,9 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from service.accounting.base import CounterUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +127,86 @@ class RedisConnections:
             await client.aclose()
         except (redis.RedisError, OSError):
             log.debug("closing a redis pool failed", exc_info=True)
+
+
+class RedisBackend:
+    """The gateway's state in one Redis deployment, shared by the query counter and the
+    detection store: the clients (one :class:`RedisConnections`, a text client here), the key
+    scheme (``prefix`` and a hash tag per caller: one cluster slot per caller), and
+    :meth:`call`, which runs one operation and turns a backend failure into
+    ``CounterUnavailable``. ``token_ttl_s``: how long a request token's outcome is kept."""
+
+    def __init__(
+        self, connections: RedisConnections, *, prefix: str = "snd:", token_ttl_s: int = 30
+    ) -> None:
+        self.connections = connections
+        self.mode: RedisMode = connections.mode
+        self.prefix = prefix
+        self.token_ttl_s = token_ttl_s
+        self.text: Any = connections.client(decode=True)
+        self.cluster_scripts: list[str] = []  # loaded on every primary before the first call
+        self._up = True
+        self._cluster_ready = False
+        self._cluster_lock: asyncio.Lock | None = None
+
+    def key(self, caller: str, name: str) -> str:
+        """A key of ``caller``'s, hash-tagged by the caller (one cluster slot per caller)."""
+        return f"{self.prefix}{{{caller}}}:{name}"
+
+    def detection_key(self, caller: str) -> str:
+        """The caller's detection state hash (``RedisDetectionStore`` writes it; the charge
+        script's gate reads ``state`` and ``until``)."""
+        return self.key(caller, "det")
+
+    def binary_client(self) -> Any:
+        """A client of the same Redis answering bytes; it follows the primary with the others
+        (:meth:`call`) and is closed with ``connections.close``."""
+        return self.connections.client(decode=False)
+
+    async def _initialized(self) -> None:
+        """A cluster client learns the slot map once before any command: concurrent first
+        commands would race its set-up."""
+        if self.mode != "cluster" or self._cluster_ready:
+            return
+        if self._cluster_lock is None:
+            self._cluster_lock = asyncio.Lock()
+        async with self._cluster_lock:
+            if not self._cluster_ready:
+                await self.text.initialize()
+                for script in self.cluster_scripts:
+                    await self.text.script_load(script)  # on every primary
+                self._cluster_ready = True
+
+    async def call(self, operation: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one Redis operation; backend failures become ``CounterUnavailable``. In Sentinel
+        mode every client of ``connections`` first follows a moved primary (without it a
+        gateway would go on charging the old primary, whose counts the resync throws away)."""
+        try:
+            await self._initialized()
+            await self.connections.follow_master()
+            result = await operation()
+        except (RedisError, OSError) as exc:
+            if self._up:
+                log.warning("redis unavailable, failing accounting calls: %s", exc)
+                self._up = False
+            raise CounterUnavailable(str(exc)) from exc
+        if not self._up:
+            log.info("redis reachable again")
+            self._up = True
+        return result
+
+    async def scan_callers(self, suffix: str) -> list[str]:
+        """Callers with a ``<caller>}<suffix>`` key: a ``SCAN`` (of every primary, on a cluster)."""
+        head, tail = f"{self.prefix}{{", "}" + suffix
+
+        async def scan() -> set[str]:
+            found = set()
+            async for key in self.text.scan_iter(match=f"{head}*{tail}", count=1000):
+                if key.startswith(head) and key.endswith(tail):
+                    found.add(key[len(head) : -len(tail)])
+            return found
+
+        return sorted(await self.call(scan))
+
+    async def close(self) -> None:
+        await self.connections.close(self.text)

@@ -1,5 +1,6 @@
-"""The Lua scripts of :class:`~service.redis_counter.RedisCounter`: a coalesced charge (budget
-check and count in one step, per charge, behind the detection gate) and an idempotent refund."""
+"""The Lua scripts of :class:`~service.accounting.redis_counter.RedisCounter`: a coalesced
+charge (budget check and count in one step, per charge, behind the detection gate) and an
+idempotent refund."""
 
 # Charges applied in order, four KEYS each: usage hash, budget key, charge token, the caller's
 # detection state hash (one caller's keys: one slot). ARGV: token ttl seconds, then four per

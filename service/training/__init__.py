@@ -1,6 +1,0 @@
-"""Training of the zoo's defended checkpoints: L2 PGD and the per-defense recipes.
-
-``python -m service.train --model resnet20-mnist-{rse,pni,pgdat}`` dispatches to
-:mod:`~service.training.recipes`; the plain loop and the model card are
-:mod:`~service.training.common`.
-"""
