@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from attacks_client.attacks import ATTACKS as NAMES  # noqa: E402
 from attacks_client.attacks import get_attack  # noqa: E402
 from attacks_client.oracles import FunctionOracle  # noqa: E402
+from service.model_settings import ModelSettings  # noqa: E402
 from service.offline.datasets import mnist_subset  # noqa: E402
 from service.serving.local import LocalHost  # noqa: E402
-from service.settings import ModelSettings  # noqa: E402
 
 
 def main() -> None:

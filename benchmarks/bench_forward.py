@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from service.model_settings import ModelSettings  # noqa: E402
 from service.serving.local import LocalHost  # noqa: E402
-from service.settings import ModelSettings  # noqa: E402
 
 BATCHES = (1, 8, 16, 32, 64, 128, 256)
 

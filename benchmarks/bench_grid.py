@@ -37,8 +37,8 @@ from attacks_client.evaluation.grid import Evaluation, serve_endpoints  # noqa: 
 from attacks_client.evaluation.records import ACCURACY, IMAGES, RECORDS, read_lines  # noqa: E402
 from benchmarks.bench_forward import images_per_second  # noqa: E402
 from benchmarks.common import machine, write_section  # noqa: E402
+from service.model_settings import ModelSettings  # noqa: E402
 from service.serving.local import LocalHost  # noqa: E402
-from service.settings import ModelSettings  # noqa: E402
 
 HEADING = "## Evaluation grid: client-side request sharing"
 COMMAND = "python -m benchmarks.bench_grid --write"

@@ -25,11 +25,11 @@ import torch
 from torch import nn
 
 from service.defenses import Defense, build_defense
+from service.model_settings import ModelSettings
 from service.models import ModelSpec, get_spec
 from service.models.noise import noise_sources
 from service.protocol.oip import INPUT_NAME
 from service.serving.signature import Signature
-from service.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
